@@ -1,0 +1,160 @@
+"""Readers for image data sets. Images come out as float32 in [-1, 1], shape (N, C, H, W)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from diffmem.errors import DiffmemError
+
+FASHION_MNIST_DIR = Path(os.environ.get("DIFFMEM_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MAX_PIXELS = 64_000_000  # refuse decompression bombs rather than exhausting memory
+
+
+def to_model_range(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels in [0, 255] → float32 in [-1, 1]."""
+    return pixels.astype(np.float32) / 127.5 - 1.0
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read one (optionally gzipped) IDX file of unsigned bytes."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise DiffmemError(f"{path}: no such file (install the Debian package dataset-fashion-mnist "
+                           f"or set DIFFMEM_FASHION_MNIST)") from None
+    except (OSError, EOFError) as exc:
+        raise DiffmemError(f"{path}: not a readable IDX file ({exc})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DiffmemError(f"{path}: not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DiffmemError(f"{path}: truncated IDX file ({data.size} of {int(np.prod(dims))} values)")
+    return data.reshape(dims)
+
+
+def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST as (images (N, 1, 28, 28) float32 in [-1, 1], labels (N,) int64).
+
+    ``split`` is ``"train"`` (60,000) or ``"test"`` (10,000); ``root`` defaults to the Debian
+    package's folder (override with the environment variable ``DIFFMEM_FASHION_MNIST``).
+    """
+    if split not in ("train", "test"):
+        raise DiffmemError(f"split {split!r}: must be 'train' or 'test'")
+    root = Path(root) if root is not None else FASHION_MNIST_DIR
+    if not root.is_dir():
+        raise DiffmemError(f"{root}: Fashion-MNIST folder not found (apt-get install "
+                           f"dataset-fashion-mnist, or set DIFFMEM_FASHION_MNIST)")
+    stem = "train" if split == "train" else "t10k"
+
+    def find(kind: str) -> Path:
+        for name in (f"{stem}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz",
+                     f"{stem}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"):
+            if (root / name).exists():
+                return root / name
+        return root / f"{stem}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz"
+
+    images = _read_idx(find("images"))
+    labels = _read_idx(find("labels")).astype(np.int64)
+    if images.ndim != 3 or labels.shape != (images.shape[0],):
+        raise DiffmemError(f"{root}: image and label files do not match")
+    return to_model_range(images)[:, None], labels
+
+
+def read_image(path: str | os.PathLike, size: int | None = None, channels: int = 1) -> np.ndarray:
+    """Decode one image file to float32 (channels, size, size) in [-1, 1].
+
+    Gray, RGB, RGBA (alpha composited on white), palette and 16-bit images are accepted; the image
+    is resized (bicubic) to ``size`` × ``size`` when given. Raises :class:`DiffmemError` naming the
+    file when it is missing, empty, truncated, not an image, or too large.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DiffmemError(f"{path}: no such image file")
+    if path.stat().st_size == 0:
+        raise DiffmemError(f"{path}: empty file")
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise DiffmemError(f"{path}: image too large ({img.width}x{img.height} pixels)")
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                peak = 65535.0 if arr.max() > 255 else 255.0
+                img = Image.fromarray(np.clip(arr / peak * 255.0, 0, 255).astype(np.uint8))
+            if img.mode in ("RGBA", "LA", "P", "PA"):
+                img = img.convert("RGBA")
+                white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(white, img)
+            img = img.convert("L" if channels == 1 else "RGB")
+            if size is not None and img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BICUBIC)
+            arr = np.asarray(img, dtype=np.uint8)
+    except DiffmemError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DiffmemError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return to_model_range(arr)
+
+
+def load_image_folder(folder: str | os.PathLike) -> list[Path]:
+    """Sorted image files (by suffix) directly inside ``folder``; error if there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DiffmemError(f"{folder}: no such folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DiffmemError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def load_images(source: str | os.PathLike, size: int | None = None, channels: int = 1,
+                limit: int | None = None) -> np.ndarray:
+    """Images (N, C, H, W) in [-1, 1] from ``"fashion-mnist"``, an image folder or a .npy file.
+
+    NaN or infinite values raise :class:`DiffmemError`.
+    """
+    src = str(source)
+    if src in ("fashion-mnist", "fashion-mnist:train", "fashion-mnist:test"):
+        x, _ = load_fashion_mnist("test" if src.endswith(":test") else "train")
+        x = x[:limit] if limit else x
+        if size is not None and size != x.shape[-1]:
+            import torch
+            import torch.nn.functional as F
+            x = F.interpolate(torch.from_numpy(x), size=(size, size), mode="area").numpy()
+        return x
+    path = Path(src)
+    if path.suffix == ".npy":
+        if not path.is_file():
+            raise DiffmemError(f"{path}: no such file")
+        try:
+            x = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise DiffmemError(f"{path}: not a plain numeric .npy array ({exc})") from None
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim != 4:
+            raise DiffmemError(f"{path}: expected an array (N, H, W) or (N, C, H, W), got shape {x.shape}")
+        x = x.astype(np.float32)[:limit]
+    else:
+        files = load_image_folder(path)[:limit]
+        x = np.stack([read_image(f, size=size, channels=channels) for f in files])
+    if not np.isfinite(x).all():
+        raise DiffmemError(f"{path}: data contains NaN or infinite values")
+    return x

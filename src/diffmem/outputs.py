@@ -1,0 +1,89 @@
+"""Output folders written all-or-nothing, JSON with stable keys, and progress bars."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from tqdm.auto import tqdm
+
+from diffmem.errors import DiffmemError
+
+
+@contextlib.contextmanager
+def output_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a staging folder whose files land in ``out`` only if the block succeeds.
+
+    Files are written into a hidden sibling folder; on success each is moved into ``out``
+    (created if missing, other files there are kept); on any error the staging folder is
+    removed, so a failed command leaves nothing half-written.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DiffmemError(f"--out {out}: exists and is not a folder")
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    try:
+        yield stage
+        out.mkdir(exist_ok=True)
+        for item in sorted(stage.rglob("*")):
+            target = out / item.relative_to(stage)
+            if item.is_dir():
+                target.mkdir(exist_ok=True)
+            else:
+                os.replace(item, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _clean(obj: Any) -> Any:
+    """Make numpy/torch scalars JSON-safe; NaN/inf become null."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return _clean(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON (keys kept in insertion order) and return the path."""
+    path = Path(path)
+    path.write_text(json.dumps(_clean(obj), indent=2) + "\n")
+    return path
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, turning a missing or corrupt file into one clear error."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DiffmemError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DiffmemError(f"{path}: not valid JSON ({exc})") from None
+
+
+_QUIET = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence every progress bar of this process (the CLI's ``--quiet``)."""
+    global _QUIET
+    _QUIET = bool(quiet)
+
+
+def progress(iterable: Iterable | None = None, **kwargs) -> tqdm:
+    """A tqdm progress bar on stderr that honours :func:`set_quiet`."""
+    return tqdm(iterable, disable=_QUIET or kwargs.pop("disable", False), dynamic_ncols=True, mininterval=0.5,
+                leave=False, **kwargs)
