@@ -85,5 +85,5 @@ def set_quiet(quiet: bool) -> None:
 
 def progress(iterable: Iterable | None = None, **kwargs) -> tqdm:
     """A tqdm progress bar on stderr that honours :func:`set_quiet`."""
-    return tqdm(iterable, disable=_QUIET or kwargs.pop("disable", False), dynamic_ncols=True, mininterval=0.5,
-                leave=False, **kwargs)
+    disable = kwargs.pop("disable", False) or _QUIET
+    return tqdm(iterable, disable=disable, dynamic_ncols=True, mininterval=0.5, leave=False, **kwargs)

@@ -152,6 +152,9 @@ def load_images(source: str | os.PathLike, size: int | None = None, channels: in
         if x.ndim != 4:
             raise DiffmemError(f"{path}: expected an array (N, H, W) or (N, C, H, W), got shape {x.shape}")
         x = x.astype(np.float32)[:limit]
+    elif path.is_file():
+        raise DiffmemError(f"{path}: expected 'fashion-mnist', an image folder or a .npy array, "
+                           f"got a {path.suffix or 'suffix-less'} file")
     else:
         files = load_image_folder(path)[:limit]
         x = np.stack([read_image(f, size=size, channels=channels) for f in files])

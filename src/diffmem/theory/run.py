@@ -72,7 +72,7 @@ def run_diffusion(out: str | os.PathLike, data: str = "fashion-mnist", n: int = 
     result = {"n": n, "p": p, "steps": steps, "samples": samples, "sample_steps": sample_steps,
               "seed": seed, "copy_fraction": rd.copy_fraction(nn),
               "mean_nn_cosine": float(nn["cosine"].mean()), "median_ratio": float(nn["ratio"].median()),
-              "skip_scale": float(model.s),
+              "skip_scale": float(model.s.detach()),
               "per_sample": [{"nearest_index": int(i), "cosine": float(c), "d1": float(a), "d2": float(b),
                               "ratio": float(r)} for i, c, a, b, r in
                              zip(nn["index"], nn["cosine"], nn["d1"], nn["d2"], nn["ratio"])]}

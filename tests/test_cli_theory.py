@@ -1,0 +1,86 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from diffmem.cli import main
+
+
+def run_cli(*args):
+    """Run the CLI in a subprocess; return (exit code, stdout, stderr)."""
+    p = subprocess.run([sys.executable, "-m", "diffmem", *args], capture_output=True, text=True,
+                       env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_verify_quick_meets_the_closed_forms(tmp_path):
+    out = tmp_path / "verify"
+    assert main(["theory", "verify", "--quick", "--seed", "0", "--quiet", "--out", str(out)]) == 0
+    res = json.loads((out / "verify.json").read_text())
+    for regime in ("memorization", "generalization", "hybrid"):
+        r = res["regimes"][regime]
+        assert r["rel_err"] <= 0.02, (regime, r["rel_err_per_seed"])
+        assert {"rep_std_train", "rep_std_heldout", "alignment", "alpha", "beta"} <= set(r)
+    assert res["regimes"]["memorization"]["rep_std_train"] > res["regimes"]["generalization"]["rep_std_train"]
+    assert res["regimes"]["memorization"]["alignment"]["frac_aligned"] > 0.9
+    assert res["regimes"]["generalization"]["alignment"]["frac_aligned"] < 0.5
+    assert (out / "verify_products.png").stat().st_size > 1000
+
+
+def test_phase_weights_diffusion_write_their_files(tmp_path, image_folder):
+    out = tmp_path / "o"
+    assert main(["theory", "phase", "--n-per-cluster", "1,8", "--units", "4,8", "--steps", "50",
+                 "--quiet", "--out", str(out)]) == 0
+    phase = json.loads((out / "phase.json").read_text())
+    assert len(phase["grid"]) == 4 and (out / "phase.png").exists()
+    assert main(["theory", "weights", "--data", str(image_folder), "--n", "4", "--n-large", "8", "--p", "8",
+                 "--steps", "20", "--quiet", "--out", str(out)]) == 0
+    w = json.loads((out / "weights.json").read_text())
+    assert set(w["models"]) == {"memorizing", "generalizing"}
+    assert (out / "weights_memorizing.png").exists() and (out / "representations_generalizing.png").exists()
+    assert main(["theory", "diffusion", "--data", str(image_folder), "--n", "8", "--steps", "20",
+                 "--samples", "4", "--sample-steps", "5", "--quiet", "--out", str(out)]) == 0
+    d = json.loads((out / "diffusion.json").read_text())
+    assert 0.0 <= d["copy_fraction"] <= 1.0 and len(d["per_sample"]) == 4
+
+
+def test_same_seed_same_numbers(tmp_path, image_folder):
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"d{k}"
+        main(["theory", "diffusion", "--data", str(image_folder), "--n", "8", "--steps", "10", "--samples", "3",
+              "--sample-steps", "3", "--seed", "4", "--quiet", "--out", str(out)])
+        outs.append(json.loads((out / "diffusion.json").read_text()))
+    assert outs[0] == outs[1]
+
+
+@pytest.fixture
+def nan_npy(tmp_path):
+    x = np.zeros((10, 28, 28), dtype=np.float32)
+    x[3, 4, 5] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    return tmp_path / "nan.npy"
+
+
+@pytest.mark.parametrize("case", ["sigma0", "lam", "p0", "nan", "notimage", "missing", "corrupt"])
+def test_bad_input_one_line_nonzero_nothing_written(case, tmp_path, image_folder, nan_npy):
+    out = tmp_path / "out"
+    base = ["theory", "weights", "--n", "4", "--n-large", "8", "--steps", "5", "--quiet", "--out", str(out)]
+    txt = tmp_path / "notes.txt"
+    txt.write_text("hello")
+    (image_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage") if case == "corrupt" else None
+    extra = {"sigma0": ["--data", str(image_folder), "--sigma", "0"],
+             "lam": ["--data", str(image_folder), "--lam", "-1"],
+             "p0": ["--data", str(image_folder), "--p", "0"],
+             "nan": ["--data", str(nan_npy)],
+             "notimage": ["--data", str(txt)],
+             "missing": ["--data", str(tmp_path / "nope")],
+             "corrupt": ["--data", str(image_folder)]}[case]
+    code, stdout, stderr = run_cli(*base, *extra)
+    assert code != 0
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("diffmem: error:"), stderr
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.*"))
