@@ -103,7 +103,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=300)
     _common(p, out_required=False)
     p.set_defaults(func="diffmem.theory.run:run_bench", keys=("steps", "seed"))
+
+    p = _sub(subs, "layers", "list every hookable layer of a model with its output shapes "
+             "(one dummy forward)", "diffmem layers path/to/model")
+    p.add_argument("model", metavar="MODEL_DIR")
+    p.add_argument("--allow-pickle", action="store_true", help="allow non-safetensors weights (unpickling)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func="diffmem.probe.run:run_layers", keys=("model", "allow_pickle"), printer=_print_layers,
+                   seed=0, quiet=True)
+
+    p = _sub(subs, "scan", "score the spikiness of every image: noise slightly, run the denoiser once, "
+             "hook a layer, pool, take the std", "diffmem scan path/to/model samples/ --out out/scan")
+    p.add_argument("model", metavar="MODEL_DIR")
+    p.add_argument("images", metavar="IMAGES", help="image folder, .npy/.npz array or .jsonl manifest")
+    p.add_argument("--layer", default=None, help="dotted layer name, name@k for the k-th call "
+                   "(default: the family's recipe; see `diffmem layers`)")
+    p.add_argument("--t", type=float, default=None, help="timestep (default: 10, or σ=0.1 for theory models)")
+    p.add_argument("--pool", default=None, help="spatial_max | spatial_mean | token_mean | token_max | flatten "
+                   "(default: the family's)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=1, help="noise draws averaged per image")
+    p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
+                   help="a bad image: an error row (skip) or a fatal error (fail)")
+    p.add_argument("--resume", action="store_true", help="continue a killed scan in the same --out")
+    p.add_argument("--allow-pickle", action="store_true", help="allow non-safetensors weights (unpickling)")
+    _common(p)
+    p.set_defaults(func="diffmem.probe.run:run_scan",
+                   keys=("model", "images", "layer", "t", "pool", "batch_size", "repeats", "seed", "on_error",
+                         "resume", "allow_pickle"))
+
+    p = _sub(subs, "eval", "AUROC and TPR at 1%% FPR (both conventions) with bootstrap CIs, ROC and "
+             "score-density plots", "diffmem eval out/scan/scores.parquet --labels labels.csv --out out/eval")
+    p.add_argument("scores", metavar="SCORES", help="scores.parquet (or .csv)")
+    p.add_argument("--labels", default=None, help="CSV/JSONL with label and sha256|path|index "
+                   "(default: the scores' own label column)")
+    p.add_argument("--column", default="score", help="score column to evaluate")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    _common(p)
+    p.set_defaults(func="diffmem.detect.evaluate:run_eval", keys=("scores", "labels", "column", "n_boot", "seed"))
+
+    p = _sub(subs, "bench", "benchmarks: 'probe' (full forward vs early exit per family)",
+             "diffmem bench probe")
+    p.add_argument("what", choices=("probe",), help="which benchmark")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--reps", type=int, default=10)
+    _common(p, out_required=False)
+    p.set_defaults(func="diffmem.probe.run:bench_probe", keys=("batch_size", "reps", "seed"))
+
+    p = _sub(subs, "demo", "the end-to-end demo (what `make demo` runs)", "diffmem demo --out demo_out")
+    _common(p)
+    p.set_defaults(func="diffmem.demo:run_demo", keys=("seed",))
     return parser
+
+
+def _print_layers(rows: list[dict], args) -> None:
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        shapes = " ".join("x".join(map(str, s)) for s in r["shapes"])
+        mark = "  <- default" if r["default"] else ""
+        print(f"{r['name']:<{width}}  calls={r['calls']}  {shapes}{mark}")
 
 
 def _call(args: argparse.Namespace):
@@ -111,9 +172,12 @@ def _call(args: argparse.Namespace):
     module, name = args.func.split(":")
     fn = getattr(importlib.import_module(module), name)
     kwargs = {k: getattr(args, k) for k in args.keys}
-    if getattr(args, "out", None) is not None or "out" in fn.__code__.co_varnames:
+    params = fn.__code__.co_varnames[:fn.__code__.co_argcount + fn.__code__.co_kwonlyargcount]
+    if "out" in params:
         kwargs["out"] = getattr(args, "out", None)
-    return fn(quiet=args.quiet, **kwargs)
+    if "quiet" in params:
+        kwargs["quiet"] = args.quiet
+    return fn(**kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"diffmem: error: {exc}", file=sys.stderr)
         return 2
     out = getattr(args, "out", None)
-    if out:
+    if getattr(args, "printer", None):
+        args.printer(result, args)
+    elif out:
         print(f"results written to {out}")
     elif result is not None:
         print(json.dumps(result, indent=2, default=float))

@@ -30,6 +30,7 @@ class ReLUDiffusion(nn.Module):
         self.W = nn.Parameter(torch.randn(d, p, generator=generator) / math.sqrt(d))   # (d, p)
         self.g = nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, p))
         self.s = nn.Parameter(torch.zeros(()))
+        self.act = nn.ReLU()                                              # hookable as "act"
         self.register_buffer("mean", torch.zeros(d))
         with torch.no_grad():
             for layer in self.g:
@@ -40,7 +41,7 @@ class ReLUDiffusion(nn.Module):
     def hidden(self, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """h (B, p) for centred inputs x_t (B, d) at noise levels σ (B,)."""
         gate = torch.exp(self.g(sigma.log()[:, None]))                  # (B, p)
-        return torch.relu(x_t @ self.W) * gate                          # (B, p)
+        return self.act(x_t @ self.W) * gate                            # (B, p)
 
     def forward(self, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Denoised estimate (B, d) of centred x_t (B, d) at σ (B,)."""

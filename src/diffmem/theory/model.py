@@ -33,6 +33,7 @@ class ReLUDAE(nn.Module):
         super().__init__()
         self.W1 = nn.Parameter(W1.detach().clone())                       # (d, p)
         self.W2 = None if W2 is None else nn.Parameter(W2.detach().clone())  # (d, p) or tied
+        self.act = nn.ReLU()                                              # hookable as "act"
 
     @classmethod
     def init(cls, d: int, p: int, tied: bool = True, scale: float = 0.01,
@@ -52,7 +53,7 @@ class ReLUDAE(nn.Module):
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """h(x) = relu(W1ᵀ x): (B, d) → (B, p)."""
-        return torch.relu(x @ self.W1)                                    # (B, p)
+        return self.act(x @ self.W1)                                      # (B, p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, d) → (B, d)."""

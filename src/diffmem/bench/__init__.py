@@ -1,0 +1,1 @@
+"""The offline memorization benchmark: train with controlled duplication, sample, label, evaluate."""

@@ -1,0 +1,101 @@
+"""Train a small class-conditional diffusers ``UNet2DModel`` (DDPM, ε-prediction, CFG dropout)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diffmem.bench.dataset import Duplication, build_training_set, load_source
+from diffmem.errors import check
+from diffmem.outputs import output_dir, progress
+
+UNET_CONFIGS = {
+    # name: (block_out_channels, layers_per_block); no attention (cheap on CPU)
+    "bench-s": ((32, 64, 64), 1),
+    "bench-m": ((64, 128, 128), 2),
+    "test-xs": ((16, 32), 1),
+}
+
+
+def make_unet(config: str, size: int, channels: int, num_classes: int | None, seed: int):
+    """A ``UNet2DModel`` from :data:`UNET_CONFIGS`; class embeddings 0…num_classes−1 plus a null class."""
+    from diffusers import UNet2DModel
+    check(config in UNET_CONFIGS, f"--config {config!r}: one of {', '.join(UNET_CONFIGS)}")
+    blocks, layers = UNET_CONFIGS[config]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels,
+                           block_out_channels=blocks, layers_per_block=layers,
+                           norm_num_groups=min(32, blocks[0] // 2),
+                           down_block_types=("DownBlock2D",) * len(blocks),
+                           up_block_types=("UpBlock2D",) * len(blocks),
+                           num_class_embeds=None if num_classes is None else num_classes + 1)
+
+
+def train_unet(out: str | os.PathLike, data: str = "fashion-mnist", size: int = 16, distinct: int = 2000,
+               dup: str = "10x80,20x20", steps: int = 6000, batch_size: int = 128, lr: float = 1e-3,
+               label_dropout: float = 0.1, config: str = "bench-s", seed: int = 0, threads: int | None = None,
+               quiet: bool = False) -> dict:
+    """Train on ``distinct`` images plus duplicated ones and save a diffusers pipeline folder.
+
+    ``out`` gets ``model_index.json``, ``unet/`` (safetensors), ``scheduler/`` and ``diffmem.json``
+    (source indices, copies, labels, null class, seed and the training settings).
+    """
+    from diffusers import DDPMPipeline, DDPMScheduler
+    check(steps >= 1 and batch_size >= 1, "--steps and --batch-size must be >= 1")
+    check(0 <= label_dropout < 1, f"--label-dropout {label_dropout}: must be in [0, 1)")
+    if threads:
+        torch.set_num_threads(threads)
+    dups = Duplication.parse(dup)
+    images, labels = load_source(data, size)
+    ts = build_training_set(images, labels, distinct, dups, seed)
+    rows = np.asarray(ts["rows"])
+    X = torch.from_numpy(images[rows])                                    # (R, C, H, W)
+    num_classes = None if labels is None else int(labels.max()) + 1
+    Y = torch.from_numpy(labels[rows]) if labels is not None else None    # (R,)
+    unet = make_unet(config, size, X.shape[1], num_classes, seed)
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    warm = min(200, steps // 10 + 1)
+    lr_at = lambda k: min(1.0, (k + 1) / warm) * 0.5 * (1 + math.cos(math.pi * k / steps))  # noqa: E731
+    lrs = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    g = torch.Generator().manual_seed(seed)
+    unet.train()
+    t0, losses = time.time(), []
+    bar = progress(range(steps), desc="train unet", disable=quiet)
+    for _ in bar:
+        idx = torch.randint(len(X), (batch_size,), generator=g)
+        x0 = X[idx]                                                       # (B, C, H, W)
+        eps = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (batch_size,), generator=g)
+        x_t = sched.add_noise(x0, eps, t)
+        cond = None
+        if Y is not None:
+            drop = torch.rand(batch_size, generator=g) < label_dropout
+            cond = torch.where(drop, torch.full_like(Y[idx], num_classes), Y[idx])
+        loss = F.mse_loss(unet(x_t, t, class_labels=cond).sample, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        lrs.step()
+        losses.append(loss.item())
+        if len(losses) % 100 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+    unet.eval()
+    record = {"data": data, "size": size, "distinct": distinct, "dup": dup, "steps": steps,
+              "batch_size": batch_size, "lr": lr, "label_dropout": label_dropout, "config": config,
+              "seed": seed, "num_classes": num_classes, "null_class": num_classes,
+              "parameters": sum(p.numel() for p in unet.parameters()),
+              "train_seconds": time.time() - t0, "final_loss": float(np.mean(losses[-200:])),
+              "indices": ts["indices"], "copies": ts["copies"], "labels": ts["labels"]}
+    with output_dir(out) as tmp:
+        DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(tmp, safe_serialization=True)
+        (Path(tmp) / "diffmem.json").write_text(json.dumps(record))
+    return {k: v for k, v in record.items() if k not in ("indices", "copies", "labels")}

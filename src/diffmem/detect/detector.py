@@ -1,0 +1,100 @@
+"""The spikiness detector, scikit-learn style, and layer selection on a calibration set."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from diffmem.detect.metrics import auroc
+from diffmem.errors import check
+from diffmem.outputs import progress
+from diffmem.probe.adapters import Adapter
+from diffmem.probe.represent import generators, represent, spikiness
+from diffmem.stats import STATISTICS
+
+
+def image_keys(images: torch.Tensor) -> list[str]:
+    """sha256 of each image's float32 bytes: the key that seeds its noise."""
+    return [hashlib.sha256(im.detach().cpu().float().numpy().tobytes()).hexdigest() for im in images]
+
+
+class SpikinessDetector:
+    """Flags memorized images by the spikiness of one layer's pooled representation.
+
+    ``fit(negatives)`` calibrates ``threshold_`` so that a fraction ``fpr`` of known-generalized
+    images is flagged (the (1 − fpr)-quantile of their scores); ``score`` returns the statistic
+    (higher = more memorized); ``predict`` compares it with the threshold. Layer, t and pooling
+    default to the adapter family's recipe.
+    """
+
+    def __init__(self, adapter: Adapter, layer: str | None = None, t: float | None = None,
+                 pool: str | None = None, statistic: str = "std", repeats: int = 1, fpr: float = 0.01,
+                 batch_size: int = 64, seed: int = 0):
+        check(statistic in STATISTICS, f"statistic {statistic!r}: one of {', '.join(STATISTICS)}")
+        check(0 < fpr < 1, f"fpr={fpr}: must be in (0, 1)")
+        self.adapter, self.statistic, self.repeats, self.fpr = adapter, statistic, repeats, fpr
+        self.layer = layer or adapter.default_layer
+        self.t = adapter.default_t if t is None else t
+        self.pool = pool or adapter.default_pool
+        self.batch_size, self.seed = batch_size, seed
+
+    def score_all(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Every statistic (N,) for images (N, C, H, W) in [-1, 1]."""
+        keys = image_keys(images) if keys is None else list(keys)
+        parts: dict[str, list] = {}
+        for i in progress(range(0, len(images), self.batch_size), desc="spikiness"):
+            s = spikiness(self.adapter, images[i:i + self.batch_size], keys[i:i + self.batch_size],
+                          self.layer, self.t, self.pool, self.seed, self.repeats)
+            for k, v in s.items():
+                parts.setdefault(k, []).append(v.numpy())
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    def score(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> np.ndarray:
+        return self.score_all(images, keys)[self.statistic]
+
+    def fit(self, negatives: torch.Tensor, keys: Sequence[str] | None = None) -> "SpikinessDetector":
+        self.negative_scores_ = self.score(negatives, keys)
+        self.threshold_ = float(np.quantile(self.negative_scores_, 1.0 - self.fpr))
+        return self
+
+    def predict(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> np.ndarray:
+        check(hasattr(self, "threshold_"), "SpikinessDetector: call fit(negatives) before predict")
+        return self.score(images, keys) > self.threshold_
+
+
+CANDIDATE = re.compile(r"(^|\.)(resnets\.\d+(\.nonlinearity)?|transformer_blocks\.\d+|mid_block|act)$")
+
+
+def candidate_layers(adapter: Adapter) -> list[str]:
+    """Layers worth ranking: every resnet (and its nonlinearity), transformer block and mid block."""
+    names = [n for n in adapter.call_counts if CANDIDATE.search(n)]
+    return names or [adapter.default_layer]
+
+
+@torch.no_grad()
+def select_layer(adapter: Adapter, positives: torch.Tensor, negatives: torch.Tensor,
+                 candidates: Sequence[str] | None = None, t: float | None = None, pool: str | None = None,
+                 statistic: str = "std", seed: int = 0, batch_size: int = 64) -> list[dict]:
+    """Rank candidate layers by the AUROC of ``statistic`` on a calibration set (one forward per batch).
+
+    Returns ``[{"layer", "auroc"}, ...]`` best first. Use images disjoint from any reported split.
+    """
+    candidates = list(candidates or candidate_layers(adapter))
+    t = adapter.default_t if t is None else t
+    pool = pool or adapter.default_pool
+    x = torch.cat([positives, negatives])
+    y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
+    keys = image_keys(x)
+    scores: dict[str, list] = {c: [] for c in candidates}
+    fn = STATISTICS[statistic]
+    for i in progress(range(0, len(x), batch_size), desc="select layer"):
+        vecs = represent(adapter, x[i:i + batch_size], candidates, t, pool,
+                         generators(seed, keys[i:i + batch_size]), early_exit=False)
+        for c in candidates:
+            scores[c].append(fn(vecs[c].double()).numpy())
+    ranked = [{"layer": c, "auroc": auroc(np.concatenate(scores[c]), y)} for c in candidates]
+    return sorted(ranked, key=lambda r: -r["auroc"])

@@ -1,0 +1,5 @@
+"""Loading models from local folders (family auto-detected) and tiny random models for tests."""
+
+from diffmem.models.load import detect_family, load_adapter, save_theory_model
+
+__all__ = ["detect_family", "load_adapter", "save_theory_model"]

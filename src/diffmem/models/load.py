@@ -1,0 +1,151 @@
+"""Load a local model folder into a probe adapter; the family is read from its config files.
+
+Accepted folders (always ``local_files_only=True``, weights from safetensors unless
+``allow_pickle``):
+
+* pipelines with ``model_index.json``: ``StableDiffusionPipeline`` (unet, vae, text_encoder,
+  tokenizer, scheduler), ``DiTPipeline`` (transformer, vae, scheduler), ``DDPMPipeline`` /
+  ``DDIMPipeline`` (unet, scheduler);
+* single models with ``config.json``: ``UNet2DModel``, ``DiTTransformer2DModel`` (with a
+  ``scheduler/`` subfolder or ``scheduler_config.json`` when present), or the theory lab's
+  ``ReLUDAE`` / ``ReLUDiffusion`` (``model.safetensors``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from diffmem.errors import DiffmemError
+from diffmem.probe.adapters import Adapter, DiTAdapter, StableDiffusionAdapter, TheoryAdapter, UNet2DAdapter
+
+FAMILIES = ("stable_diffusion", "dit", "unet2d", "theory")
+
+
+def quiet_libraries() -> None:
+    """Silence diffusers/transformers warnings and their own progress bars (diffmem shows its own)."""
+    import diffusers
+    import transformers
+    for lib in (diffusers.utils.logging, transformers.utils.logging):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+_PIPELINES = {"StableDiffusionPipeline": "stable_diffusion", "DiTPipeline": "dit",
+              "DDPMPipeline": "unet2d", "DDIMPipeline": "unet2d"}
+_MODELS = {"UNet2DModel": "unet2d", "DiTTransformer2DModel": "dit", "Transformer2DModel": "dit",
+           "ReLUDAE": "theory", "ReLUDiffusion": "theory"}
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DiffmemError(f"{path}: unreadable config ({exc})") from None
+
+
+def detect_family(path: str | os.PathLike) -> str:
+    """The family of the model folder ``path``; error if it is not one diffmem knows."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DiffmemError(f"{path}: no such model folder")
+    for name, table in (("model_index.json", _PIPELINES), ("config.json", _MODELS)):
+        if (path / name).exists():
+            cls = _read(path / name).get("_class_name")
+            if cls in table:
+                return table[cls]
+            raise DiffmemError(f"{path / name}: unknown model family {cls!r} "
+                               f"(known: {', '.join(sorted(table))})")
+    raise DiffmemError(f"{path}: not a model folder (no model_index.json or config.json)")
+
+
+def _component(cls, path: Path, allow_pickle: bool, **kw):
+    try:
+        return cls.from_pretrained(path, local_files_only=True,
+                                   **({} if allow_pickle else {"use_safetensors": True}), **kw)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise DiffmemError(f"{path}: could not load {cls.__name__} ({str(exc).splitlines()[0]})") from None
+
+
+def _scheduler(path: Path):
+    import diffusers
+    for cfg in (path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json"):
+        if cfg.exists():
+            config = _read(cfg)
+            cls = getattr(diffusers, config.get("_class_name", "DDPMScheduler"), diffusers.DDPMScheduler)
+            return cls.from_config(config)
+    return None
+
+
+def load_adapter(path: str | os.PathLike, allow_pickle: bool = False, device: str = "cpu") -> Adapter:
+    """Load the model folder ``path`` as an :class:`~diffmem.probe.adapters.Adapter`."""
+    path = Path(path)
+    family = detect_family(path)
+    quiet_libraries()
+    record = _read(path / "diffmem.json") if (path / "diffmem.json").exists() else {}
+    import diffusers
+    if family == "theory":
+        adapter = _load_theory(path)
+    elif family == "stable_diffusion":
+        from transformers import CLIPTextModel, CLIPTokenizer
+        try:
+            tok = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise DiffmemError(f"{path / 'tokenizer'}: could not load the tokenizer ({exc})") from None
+        adapter = StableDiffusionAdapter(
+            _component(diffusers.UNet2DConditionModel, path / "unet", allow_pickle),
+            _component(diffusers.AutoencoderKL, path / "vae", allow_pickle),
+            _component(CLIPTextModel, path / "text_encoder", allow_pickle), tok, _scheduler(path))
+    elif family == "dit":
+        root = path / "transformer" if (path / "model_index.json").exists() else path
+        vae = _component(diffusers.AutoencoderKL, path / "vae", allow_pickle) if (path / "vae").is_dir() else None
+        adapter = DiTAdapter(_component(diffusers.DiTTransformer2DModel, root, allow_pickle), _scheduler(path), vae)
+    else:
+        root = path / "unet" if (path / "model_index.json").exists() else path
+        adapter = UNet2DAdapter(_component(diffusers.UNet2DModel, root, allow_pickle), _scheduler(path),
+                                null_class=record.get("null_class"))
+    adapter.path, adapter.record = path, record
+    adapter.denoiser.to(device)
+    for m in (getattr(adapter, "vae", None), getattr(adapter, "text_encoder", None)):
+        if m is not None:
+            m.to(device)
+    return adapter
+
+
+def save_theory_model(model: torch.nn.Module, image_shape: tuple[int, int, int], path: str | os.PathLike) -> Path:
+    """Save a ReLUDAE / ReLUDiffusion as ``config.json`` + ``model.safetensors``."""
+    from safetensors.torch import save_file
+    from diffmem.theory.diffusion import ReLUDiffusion
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if isinstance(model, ReLUDiffusion):
+        config = {"_class_name": "ReLUDiffusion", "d": model.W.shape[0], "p": model.W.shape[1],
+                  "hidden": model.g[0].out_features}
+    else:
+        config = {"_class_name": "ReLUDAE", "d": model.W1.shape[0], "p": model.W1.shape[1], "tied": model.tied}
+    config["image_shape"] = list(image_shape)
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    save_file(state, path / "model.safetensors")
+    return path
+
+
+def _load_theory(path: Path) -> TheoryAdapter:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from diffmem.theory.diffusion import ReLUDiffusion
+    from diffmem.theory.model import ReLUDAE
+    cfg = _read(path / "config.json")
+    try:
+        state = load_file(path / "model.safetensors")
+        d, p = int(cfg["d"]), int(cfg["p"])
+        if cfg["_class_name"] == "ReLUDiffusion":
+            model = ReLUDiffusion(d, p, hidden=int(cfg.get("hidden", 64)))
+        else:
+            model = ReLUDAE(torch.zeros(d, p), None if cfg.get("tied", True) else torch.zeros(d, p))
+        model.load_state_dict(state)
+        shape = tuple(int(v) for v in cfg["image_shape"])
+    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise DiffmemError(f"{path}: not a valid theory model ({exc})") from None
+    return TheoryAdapter(model, shape)

@@ -1,0 +1,87 @@
+"""Noise an image, run the denoiser once, capture layers, pool, and compute spikiness statistics."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import torch
+
+from diffmem.errors import DiffmemError
+from diffmem.probe.adapters import Adapter
+from diffmem.probe.capture import Capture
+from diffmem.probe.pooling import pool as pool_fn
+from diffmem.stats import all_stats
+
+
+def noise_seed(seed: int, key: str, repeat: int = 0) -> int:
+    """A 63-bit seed for one image's noise: a function of (seed, image key, repeat) only, so scores
+    do not depend on batch composition, order, resumption or the engine."""
+    h = hashlib.sha256(f"{seed}:{key}:{repeat}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def generators(seed: int, keys: Sequence[str], repeat: int = 0) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(noise_seed(seed, k, repeat)) for k in keys]
+
+
+@torch.no_grad()
+def capture_layers(adapter: Adapter, x: torch.Tensor, layers: Sequence[str], t: float,
+                   gens: Sequence[torch.Generator], cond=None, early_exit: bool = True,
+                   z: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Raw activations of ``layers`` for pixel images x (B, C, H, W) noised at t.
+
+    ``z`` skips ``prepare`` (e.g. VAE encoding) when the model-space input is already known.
+    """
+    adapter.validate_t(t)
+    z = adapter.prepare(x) if z is None else z
+    z_t = adapter.noise(z, t, gens)
+    cond = adapter.null_condition(x.shape[0]) if cond is None else cond
+    with Capture(adapter.denoiser, list(layers), adapter.call_counts, early_exit=early_exit) as cap:
+        adapter.denoise(z_t, t, cond)
+    return cap.activations
+
+
+def represent(adapter: Adapter, x: torch.Tensor, layers: Sequence[str], t: float, pool: str,
+              gens: Sequence[torch.Generator], cond=None, early_exit: bool = True) -> dict[str, torch.Tensor]:
+    """Pooled vectors {layer: (B, C')} of pixel images x (B, C, H, W)."""
+    acts = capture_layers(adapter, x, layers, t, gens, cond, early_exit)
+    out = {}
+    for name, act in acts.items():
+        v = pool_fn(act.float(), pool).cpu()
+        if not bool(torch.isfinite(v).all()):
+            raise DiffmemError(f"layer {name!r}: NaN or infinite activations")
+        out[name] = v
+    return out
+
+
+def spikiness(adapter: Adapter, x: torch.Tensor, keys: Sequence[str], layer: str | None = None,
+              t: float | None = None, pool: str | None = None, seed: int = 0, repeats: int = 1,
+              cond=None, nan_ok: bool = False) -> dict[str, torch.Tensor]:
+    """Every statistic (B,) of the pooled ``layer`` of images x, averaged over ``repeats`` noise draws.
+
+    ``keys`` (one string per image, e.g. its sha256) seed each image's noise. Non-finite
+    activations raise :class:`DiffmemError` unless ``nan_ok`` (their rows are then NaN).
+    """
+    layer = layer or adapter.default_layer
+    t = adapter.default_t if t is None else t
+    pool = pool or adapter.default_pool
+    if repeats < 1:
+        raise DiffmemError(f"--repeats {repeats}: must be >= 1")
+    z = None
+    totals: dict[str, torch.Tensor] = {}
+    for r in range(repeats):
+        gens = generators(seed, keys, r)
+        if z is None:
+            with torch.no_grad():
+                z = adapter.prepare(x)
+        acts = capture_layers(adapter, x, [layer], t, gens, cond, z=z)
+        v = pool_fn(acts[layer].float(), pool).cpu()                     # (B, C)
+        bad = ~torch.isfinite(v).all(dim=1)
+        if bool(bad.any()):
+            if not nan_ok:
+                raise DiffmemError(f"layer {layer!r}: NaN or infinite activations")
+            v[bad] = float("nan")
+        for k, s in all_stats(v).items():
+            totals[k] = totals.get(k, 0) + s / repeats
+    return totals

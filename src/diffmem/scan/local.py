@@ -1,0 +1,190 @@
+"""The local scan engine: stream inputs, score in batches, commit Parquet parts atomically, resume.
+
+Layout of ``out``: ``parts/part-<first index>.parquet`` (each written to a temporary name, fsynced
+and renamed, so a part is either whole or absent), then ``scores.parquet`` (all parts in input
+order) and ``summary.json``. A part's rows are its inputs' records; with ``resume`` the inputs
+whose (index, sha256) already sit in a committed part are skipped, so a scan killed at any moment
+and resumed gives the same table as an uninterrupted one. Settings are stored in
+``parts/settings.json``; resuming with different settings is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from diffmem.errors import DiffmemError, check
+from diffmem.outputs import progress, write_json
+from diffmem.probe.adapters import Adapter
+from diffmem.probe.pooling import POOLS
+from diffmem.probe.represent import spikiness
+from diffmem.scan.inputs import Item, iter_inputs
+from diffmem.stats import STATISTICS
+
+COLUMNS = ["index", "path", "sha256", "layer", "t", "pool", "repeats", "score", *STATISTICS,
+           "label", "prompt", "error"]
+
+
+def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
+    """Write ``df`` to ``path`` via a temporary file, fsync, and rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    df.to_parquet(tmp, index=False)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _rows_for_batch(adapter: Adapter, batch: list[tuple[Item, np.ndarray, str]], settings: dict,
+                    on_error: str) -> list[dict]:
+    x = torch.from_numpy(np.stack([im for _, im, _ in batch]))
+    keys = [sha for _, _, sha in batch]
+    stats = spikiness(adapter, x, keys, settings["layer"], settings["t"], settings["pool"], settings["seed"],
+                      settings["repeats"], nan_ok=True)
+    rows = []
+    for j, (item, _, sha) in enumerate(batch):
+        vals = {k: float(v[j]) for k, v in stats.items()}
+        error = None
+        if not np.isfinite(vals["std"]):
+            error = f"layer {settings['layer']!r}: NaN or infinite activations"
+            if on_error == "fail":
+                raise DiffmemError(f"{item.path}: {error}")
+        rows.append(_row(item, sha, settings, vals, error))
+    return rows
+
+
+def _row(item: Item, sha: str | None, settings: dict, vals: dict | None, error: str | None) -> dict:
+    vals = vals or {k: float("nan") for k in STATISTICS}
+    return {"index": item.index, "path": item.path, "sha256": sha, "layer": settings["layer"],
+            "t": float(settings["t"]), "pool": settings["pool"], "repeats": settings["repeats"],
+            "score": vals[settings["statistic"]], **vals,
+            "label": None if item.label is None else str(item.label), "prompt": item.prompt, "error": error}
+
+
+def scan_settings(adapter: Adapter, layer: str | None, t: float | None, pool: str | None, repeats: int,
+                  seed: int, statistic: str = "std") -> dict:
+    """Resolved, validated settings of a scan (defaults from the adapter's family)."""
+    from diffmem.probe.capture import parse_layer
+    settings = {"layer": layer or adapter.default_layer, "t": adapter.default_t if t is None else t,
+                "pool": pool or adapter.default_pool, "repeats": repeats, "seed": seed, "statistic": statistic,
+                "family": adapter.family}
+    parse_layer(settings["layer"], adapter.denoiser)
+    adapter.validate_t(settings["t"])
+    check(settings["pool"] in POOLS, f"--pool {settings['pool']!r}: one of {', '.join(POOLS)}")
+    check(repeats >= 1, f"--repeats {repeats}: must be >= 1")
+    check(statistic in STATISTICS, f"statistic {statistic!r}: one of {', '.join(STATISTICS)}")
+    return settings
+
+
+def scan(adapter: Adapter, images: str | os.PathLike, out: str | os.PathLike, layer: str | None = None,
+         t: float | None = None, pool: str | None = None, batch_size: int = 32, repeats: int = 1,
+         seed: int = 0, on_error: str = "skip", resume: bool = False, part_size: int = 256,
+         quiet: bool = False) -> dict:
+    """Score every input of ``images`` and write ``out/scores.parquet`` + ``out/summary.json``."""
+    check(on_error in ("skip", "fail"), f"--on-error {on_error!r}: 'skip' or 'fail'")
+    check(batch_size >= 1 and part_size >= 1, "--batch-size and part size must be >= 1")
+    settings = scan_settings(adapter, layer, t, pool, repeats, seed)
+    items = iter_inputs(images, adapter.image_size, adapter.image_channels)
+    out = Path(out)
+    parts = out / "parts"
+    done = _prepare_parts(parts, settings, resume)
+    t0, n_new = time.perf_counter(), 0
+    bar = progress(desc="scan", unit="img")
+    pending: list[dict] = []
+    batch: list = []
+    part_first: int | None = None
+
+    def flush_batch():
+        nonlocal batch
+        if batch:
+            pending.extend(_rows_for_batch(adapter, batch, settings, on_error))
+            batch = []
+
+    def commit():
+        nonlocal pending, part_first
+        flush_batch()
+        if pending:
+            df = pd.DataFrame(pending, columns=COLUMNS)
+            atomic_write_parquet(df, parts / f"part-{pending[0]['index']:09d}.parquet")
+        pending, part_first = [], None
+
+    for item in items:
+        bar.update()
+        try:
+            image, sha = item.loader()
+        except DiffmemError as exc:
+            if on_error == "fail":
+                raise
+            image, sha, err = None, None, str(exc)
+        if (item.index, sha) in done:
+            continue
+        n_new += 1
+        part_first = item.index if part_first is None else part_first
+        if image is None:
+            pending.append(_row(item, sha, settings, None, err))
+        else:
+            batch.append((item, image, sha))
+            if len(batch) >= batch_size:
+                flush_batch()
+        if len(pending) + len(batch) >= part_size:
+            commit()
+    commit()
+    bar.close()
+    seconds = time.perf_counter() - t0
+    return finalize(out, settings, {"model": str(getattr(adapter, "path", "")), "images": str(images),
+                                    "seconds": seconds, "new_rows": n_new})
+
+
+def _prepare_parts(parts: Path, settings: dict, resume: bool) -> set:
+    """Create ``parts`` (or reuse it with ``resume``); return the (index, sha256) already committed."""
+    record = parts / "settings.json"
+    if parts.exists() and any(parts.glob("part-*.parquet")):
+        if not resume:
+            raise DiffmemError(f"{parts}: holds parts of an earlier scan; pass --resume to continue it "
+                               f"or choose another --out")
+        old = json.loads(record.read_text()) if record.exists() else {}
+        if old != settings:
+            raise DiffmemError(f"{parts}: was scanned with other settings ({old}); cannot resume with {settings}")
+    parts.mkdir(parents=True, exist_ok=True)
+    for stale in parts.glob(".*.tmp"):
+        stale.unlink()
+    write_json(record, settings)
+    done = set()
+    for f in sorted(parts.glob("part-*.parquet")):
+        df = pd.read_parquet(f, columns=["index", "sha256"])
+        done.update(zip(df["index"].tolist(), df["sha256"].tolist()))
+    return done
+
+
+def read_parts(parts: Path) -> pd.DataFrame:
+    """All committed parts, in input order, one row per input (latest part wins on a repeat)."""
+    frames = [pd.read_parquet(f) for f in sorted(parts.glob("part-*.parquet"))]
+    if not frames:
+        return pd.DataFrame(columns=COLUMNS)
+    df = pd.concat(frames, ignore_index=True)
+    return df.drop_duplicates("index", keep="last").sort_values("index").reset_index(drop=True)
+
+
+def finalize(out: Path, settings: dict, info: dict) -> dict:
+    """Write ``scores.parquet`` and ``summary.json`` from the committed parts."""
+    df = read_parts(out / "parts")
+    atomic_write_parquet(df, out / "scores.parquet")
+    ok = df[df["error"].isna()]
+    s = ok["score"].astype(float)
+    summary = {**info, **{k: settings[k] for k in ("family", "layer", "t", "pool", "repeats", "seed", "statistic")},
+               "n_inputs": int(len(df)), "n_scored": int(len(ok)), "n_errors": int(df["error"].notna().sum()),
+               "score_mean": float(s.mean()) if len(s) else None, "score_std": float(s.std(ddof=0)) if len(s) else None,
+               "score_min": float(s.min()) if len(s) else None, "score_max": float(s.max()) if len(s) else None,
+               "images_per_second": info["new_rows"] / info["seconds"] if info.get("seconds") else None}
+    write_json(out / "summary.json", summary)
+    return summary
