@@ -18,3 +18,8 @@ def image_folder(tmp_path):
     for i in range(8):
         Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / f"{i:02d}.png")
     return folder
+
+
+def pytest_configure(config):
+    config.addinivalue_line("filterwarnings", "ignore::FutureWarning")
+    config.addinivalue_line("filterwarnings", "ignore:.*clip_sample.*")

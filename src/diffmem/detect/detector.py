@@ -66,12 +66,15 @@ class SpikinessDetector:
         return self.score(images, keys) > self.threshold_
 
 
-CANDIDATE = re.compile(r"(^|\.)(resnets\.\d+(\.nonlinearity)?|transformer_blocks\.\d+|mid_block|act)$")
+CANDIDATE = re.compile(r"^act$|(^|\.)(resnets\.\d+(\.nonlinearity)?|transformer_blocks\.\d+|mid_block)$")
 
 
 def candidate_layers(adapter: Adapter) -> list[str]:
-    """Layers worth ranking: every resnet (and its nonlinearity), transformer block and mid block."""
-    names = [n for n in adapter.call_counts if CANDIDATE.search(n)]
+    """Layers worth ranking: every resnet (and its nonlinearity), transformer block and mid block
+    whose (last-call) output has as many dimensions as the default layer's."""
+    shapes = adapter.layers()
+    ndim = len(shapes[adapter.default_layer.split("@")[0]][-1])
+    names = [n for n, s in shapes.items() if CANDIDATE.search(n) and len(s[-1]) == ndim]
     return names or [adapter.default_layer]
 
 

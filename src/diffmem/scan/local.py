@@ -46,9 +46,15 @@ def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
 
 
 def _rows_for_batch(adapter: Adapter, batch: list[tuple[Item, np.ndarray, str]], settings: dict,
-                    on_error: str) -> list[dict]:
+                    on_error: str, batch_size: int) -> list[dict]:
+    # Batches are zero-padded to batch_size: kernels are then the same for every batch, and a row's
+    # score does not depend on how full its batch was (resumed scans equal uninterrupted ones).
     x = torch.from_numpy(np.stack([im for _, im, _ in batch]))
     keys = [sha for _, _, sha in batch]
+    pad = batch_size - len(batch)
+    if pad > 0:
+        x = torch.cat([x, torch.zeros(pad, *x.shape[1:])])
+        keys = keys + [f"pad{i}" for i in range(pad)]
     stats = spikiness(adapter, x, keys, settings["layer"], settings["t"], settings["pool"], settings["seed"],
                       settings["repeats"], nan_ok=True)
     rows = []
@@ -107,7 +113,7 @@ def scan(adapter: Adapter, images: str | os.PathLike, out: str | os.PathLike, la
     def flush_batch():
         nonlocal batch
         if batch:
-            pending.extend(_rows_for_batch(adapter, batch, settings, on_error))
+            pending.extend(_rows_for_batch(adapter, batch, settings, on_error, batch_size))
             batch = []
 
     def commit():
