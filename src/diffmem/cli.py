@@ -142,13 +142,47 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func="diffmem.detect.evaluate:run_eval", keys=("scores", "labels", "column", "n_boot", "seed"))
 
-    p = _sub(subs, "bench", "benchmarks: 'probe' (full forward vs early exit per family)",
-             "diffmem bench probe")
-    p.add_argument("what", choices=("probe",), help="which benchmark")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--reps", type=int, default=10)
+    p = _sub(subs, "train", "train a class-conditional UNet2DModel on N distinct images plus duplicated ones",
+             "diffmem train --distinct 2000 --dup 10x100,20x40 --steps 6000 --out models/hybrid")
+    p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an image folder / .npy array")
+    p.add_argument("--size", type=int, default=16, help="image side in pixels")
+    p.add_argument("--distinct", type=int, default=2000, help="images seen once")
+    p.add_argument("--dup", default="10x100,20x40", help="duplicated images: COUNTxCOPIES[,…]; '' for none")
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--label-dropout", type=float, default=0.1, help="null-class rate (classifier-free guidance)")
+    p.add_argument("--config", default="bench-s", help="UNet size: bench-s | bench-m | test-xs")
+    _common(p)
+    p.set_defaults(func="diffmem.bench.train:train_unet",
+                   keys=("data", "size", "distinct", "dup", "steps", "batch_size", "lr", "label_dropout", "config",
+                         "seed"))
+
+    p = _sub(subs, "sample", "sample a model (DDIM/DDPM, classifier-free guidance) and label each sample "
+             "against its training set", "diffmem sample models/hybrid --n 64 --guidance 1 --out out/samples")
+    p.add_argument("model", metavar="MODEL_DIR")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--classes", default=None, help="comma-separated classes, cycled (default: all classes)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    p.add_argument("--batch-size", type=int, default=128)
+    _common(p)
+    p.set_defaults(func="diffmem.bench.run:run_sample",
+                   keys=("model", "n", "classes", "guidance", "steps", "sampler", "batch_size", "seed"))
+
+    p = _sub(subs, "bench", "benchmarks: 'memorization' (default: spikiness against baselines on the shipped "
+             "hybrid model), 'probe' (full forward vs early exit per family)",
+             "diffmem bench --quick --seed 0 --out out/bench")
+    p.add_argument("what", nargs="?", choices=("memorization", "probe"), default="memorization")
+    p.add_argument("--quick", action="store_true", help="memorization: 600 samples instead of 1500")
+    p.add_argument("--model", default=None, help="memorization: model folder (default: the shipped hybrid)")
+    p.add_argument("--n-samples", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--reps", type=int, default=10, help="probe: timed repetitions")
     _common(p, out_required=False)
-    p.set_defaults(func="diffmem.probe.run:bench_probe", keys=("batch_size", "reps", "seed"))
+    p.set_defaults(func=None, keys=())
 
     p = _sub(subs, "demo", "the end-to-end demo (what `make demo` runs)", "diffmem demo --out demo_out")
     _common(p)
@@ -167,8 +201,19 @@ def _print_layers(rows: list[dict], args) -> None:
         print(f"{r['name']:<{width}}  calls={r['calls']}  {shapes}{mark}")
 
 
+_BENCH = {"memorization": ("diffmem.bench.run:run_bench",
+                            ("quick", "model", "n_samples", "guidance", "batch_size", "seed")),
+          "probe": ("diffmem.probe.run:bench_probe", ("batch_size", "reps", "seed"))}
+
+
 def _call(args: argparse.Namespace):
     import importlib
+    if args.command == "bench":
+        args.func, args.keys = _BENCH[args.what]
+        if args.batch_size is None:
+            args.batch_size = 128 if args.what == "memorization" else 16
+        if args.what == "memorization" and args.out is None:
+            raise DiffmemError("bench: --out DIR is required")
     module, name = args.func.split(":")
     fn = getattr(importlib.import_module(module), name)
     kwargs = {k: getattr(args, k) for k in args.keys}

@@ -136,6 +136,7 @@ class UNet2DAdapter(_SchedulerNoise, Adapter):
         return f"up_blocks.0.resnets.{n - 1}"
 
     def denoise(self, z_t, t, cond=None):
+        cond = self.null_condition(z_t.shape[0]) if cond is None else cond
         return self.denoiser(z_t, t, class_labels=cond).sample
 
     def null_condition(self, batch):

@@ -1,0 +1,65 @@
+"""The Fashion-MNIST images a shipped model was trained on, from Debian's package or the shipped subset.
+
+``assets/fashion_mnist_subset.npz`` holds, at 28×28 uint8, every training image the shipped
+checkpoints use (with their original indices in the 60,000-image training split) and the first
+1,000 images of the test split (held-out references). Provenance: Zalando Research's
+Fashion-MNIST, MIT licence, as packaged by Debian (``dataset-fashion-mnist``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diffmem.data.images import FASHION_MNIST_DIR, load_fashion_mnist, to_model_range
+from diffmem.errors import DiffmemError, check
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+SUBSET = ASSETS / "fashion_mnist_subset.npz"
+N_REFERENCE = 1000
+
+
+def _resize(x: np.ndarray, size: int) -> torch.Tensor:
+    t = torch.from_numpy(x)
+    return F.interpolate(t, size=(size, size), mode="area") if t.shape[-1] != size else t
+
+
+def fashion_mnist_train(indices, size: int) -> torch.Tensor:
+    """Training-split images at ``indices`` as (N, 1, size, size) in [-1, 1] (area-resized)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if FASHION_MNIST_DIR.is_dir():
+        x, _ = load_fashion_mnist("train")
+        return _resize(x[indices], size)
+    check(SUBSET.exists(), f"{FASHION_MNIST_DIR}: Fashion-MNIST not installed and no shipped subset")
+    z = np.load(SUBSET)
+    pos = {int(i): k for k, i in enumerate(z["train_indices"])}
+    missing = [int(i) for i in indices if int(i) not in pos]
+    if missing:
+        raise DiffmemError(f"{SUBSET}: lacks {len(missing)} requested training images; install "
+                           f"dataset-fashion-mnist")
+    return _resize(to_model_range(z["train_images"][[pos[int(i)] for i in indices]])[:, None], size)
+
+
+def fashion_mnist_reference(size: int, n: int = N_REFERENCE) -> torch.Tensor:
+    """The first n test-split images (never trained on) as (n, 1, size, size) in [-1, 1]."""
+    if FASHION_MNIST_DIR.is_dir():
+        x, _ = load_fashion_mnist("test")
+        return _resize(x[:n], size)
+    check(SUBSET.exists(), f"{FASHION_MNIST_DIR}: Fashion-MNIST not installed and no shipped subset")
+    return _resize(to_model_range(np.load(SUBSET)["test_images"][:n])[:, None], size)
+
+
+def build_subset(records: list[dict], out: Path = SUBSET) -> Path:
+    """Write the shipped subset for the training records (``diffmem.json``) of shipped models."""
+    from diffmem.data.images import _read_idx  # raw uint8 pixels
+    idx = sorted({int(i) for r in records for i in r["indices"]})
+    train = _read_idx(FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz")
+    labels = _read_idx(FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz")
+    test = _read_idx(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz")
+    test_labels = _read_idx(FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz")
+    np.savez_compressed(out, train_indices=np.asarray(idx), train_images=train[idx], train_labels=labels[idx],
+                        test_images=test[:N_REFERENCE], test_labels=test_labels[:N_REFERENCE])
+    return out
