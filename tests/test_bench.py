@@ -1,0 +1,130 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from diffmem.bench.dataset import Duplication, build_training_set
+from diffmem.bench.labels import label_samples
+from diffmem.data.images import FASHION_MNIST_DIR
+from diffmem.errors import DiffmemError
+from diffmem.models import load_adapter
+from diffmem.models.tiny import SAVERS
+from diffmem.probe.sampling import guided_eps, sample
+
+needs_fmnist = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(),
+                                  reason=f"Fashion-MNIST not installed at {FASHION_MNIST_DIR} "
+                                         f"(apt-get install dataset-fashion-mnist)")
+
+
+def test_duplication_parsing_and_training_set():
+    assert Duplication.parse("10x80, 20x20") == [Duplication(10, 80), Duplication(20, 20)]
+    assert Duplication.parse("") == []
+    for bad in ("10", "x3", "2x0", "ax3"):
+        with pytest.raises(DiffmemError, match="--dup"):
+            Duplication.parse(bad)
+    images, labels = np.zeros((50, 1, 4, 4), np.float32), np.arange(50) % 10
+    ts = build_training_set(images, labels, 20, [Duplication(3, 5)], seed=1)
+    assert len(ts["indices"]) == 23 and len(set(ts["indices"])) == 23
+    assert ts["copies"] == [1] * 20 + [5] * 3 and len(ts["rows"]) == 35
+    assert ts == build_training_set(images, labels, 20, [Duplication(3, 5)], seed=1)
+    with pytest.raises(DiffmemError, match="source has 50"):
+        build_training_set(images, labels, 49, [Duplication(3, 5)])
+
+
+def test_labels_from_nearest_neighbours():
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(10, 1, 4, 4, generator=g)
+    copies = np.array([1] * 8 + [20, 20])
+    samples = torch.cat([train[8:9] + 0.01 * torch.randn(1, 1, 4, 4, generator=g),   # copy of a duplicate
+                         train[2:3] + 0.01 * torch.randn(1, 1, 4, 4, generator=g),   # copy of a single
+                         (train[8:9] + train[3:4]) / 2])                             # a blend: no copy
+    lab = label_samples(samples, train, copies)
+    assert lab["memorized"].tolist() == [True, True, False]
+    assert lab["nearest"][:2].tolist() == [8, 2]
+    assert lab["nearest_duplicated"][0] and not lab["nearest_duplicated"][1]
+    assert np.allclose(lab["ratio"], lab["d1"] / lab["d2"])
+
+
+class _FakeAdapter:
+    """denoise returns x + 10·cond so each branch is identifiable."""
+
+    def __init__(self, order):
+        self.cfg_order = order
+
+    def null_condition(self, b):
+        return torch.zeros(b)
+
+    def denoise(self, x, t, cond):
+        self.last_cond = cond
+        return x + 10 * cond.view(-1, 1)
+
+
+@pytest.mark.parametrize("order", ["uncond_cond", "cond_uncond"])
+def test_guidance_combines_the_right_halves(order):
+    a = _FakeAdapter(order)
+    x, cond = torch.ones(3, 2), torch.full((3,), 2.0)
+    out = guided_eps(a, x, 5, cond, guidance=3.0)
+    assert torch.allclose(out, 1 + 3.0 * 20 * torch.ones(3, 2))          # ε_u + w(ε_c − ε_u)
+    first = a.last_cond[:3]
+    assert torch.equal(first, torch.zeros(3) if order == "uncond_cond" else cond)
+    assert torch.equal(guided_eps(a, x, 5, cond, 1.0), x + 20)              # w = 1: conditional only
+
+
+def test_sampling_is_deterministic_and_batch_independent(tmp_path):
+    a = load_adapter(SAVERS["unet2d"](tmp_path / "u", num_classes=10))
+    s1 = sample(a, 5, [0, 1, 2, 3, 4], guidance=2.0, steps=5, seed=3, batch_size=5, quiet=True)
+    s2 = sample(a, 5, [0, 1, 2, 3, 4], guidance=2.0, steps=5, seed=3, batch_size=2, quiet=True)
+    s3 = sample(a, 5, [0, 1, 2, 3, 4], guidance=2.0, steps=5, seed=4, batch_size=5, quiet=True)
+    assert s1.shape == (5, 1, 16, 16) and torch.allclose(s1, s2, atol=1e-3) and not torch.allclose(s1, s3, atol=1e-3)
+    d = sample(a, 2, [0, 1], steps=5, sampler="ddpm", seed=3, quiet=True)
+    assert torch.equal(d, sample(a, 2, [0, 1], steps=5, sampler="ddpm", seed=3, quiet=True))
+    with pytest.raises(DiffmemError, match="--steps"):
+        sample(a, 2, [0, 1], steps=5000)
+
+
+@pytest.fixture(scope="module")
+def tiny_bench_model(tmp_path_factory):
+    from diffmem.bench.train import train_unet
+    path = tmp_path_factory.mktemp("bench") / "model"
+    train_unet(path, size=8, distinct=40, dup="2x60", steps=800, lr=3e-3, batch_size=32, config="test-xs",
+               seed=0, quiet=True)
+    return path
+
+
+@needs_fmnist
+def test_train_record_and_bench_end_to_end(tiny_bench_model, tmp_path):
+    from diffmem.bench.run import run_bench
+    rec = json.loads((tiny_bench_model / "diffmem.json").read_text())
+    assert rec["copies"].count(60) == 2 and len(rec["indices"]) == 42 and rec["null_class"] == 10
+    r = run_bench(tmp_path / "b", model=tiny_bench_model, n_samples=160, batch_size=64, seed=0, quiet=True)
+    assert set(r["methods"]) == {"spikiness", "wen", "denoising_loss", "nemo", "nn_oracle", "random"}
+    assert r["n_memorized"] >= 4 and r["n_generalized"] >= 4
+    for m in r["methods"].values():
+        assert 0 <= m["auroc"] <= 1 and m["auroc_ci"][0] <= m["auroc"] <= m["auroc_ci"][1]
+        assert m["sign"] in "+-" and m["seconds_per_image"] > 0
+    assert r["methods"]["nn_oracle"]["needs_training_data"] and r["methods"]["wen"]["needs_condition"]
+    frame = pd.read_parquet(tmp_path / "b" / "samples.parquet")
+    # reported numbers come only from the report split; the spikiness layer was tuned on the other
+    report = frame[frame.split == "report"]
+    assert report["score_spikiness"].notna().all() and frame.loc[frame.split == "calibration",
+                                                                  "score_spikiness"].isna().all()
+    assert r["n_report"]["memorized"] == int(report["memorized"].sum())
+    for f in ("bench.md", "roc.png", "score_kde.png", "top_memorized.png", "tuning.json"):
+        assert (tmp_path / "b" / f).exists()
+    again = run_bench(tmp_path / "b2", model=tiny_bench_model, n_samples=160, batch_size=64, seed=0, quiet=True)
+    assert again["methods"]["spikiness"]["auroc"] == r["methods"]["spikiness"]["auroc"]
+    assert again["spikiness_setting"] == r["spikiness_setting"]
+
+
+@needs_fmnist
+def test_sample_command_writes_labelled_manifest(tiny_bench_model, tmp_path):
+    from diffmem.cli import main
+    assert main(["sample", str(tiny_bench_model), "--n", "6", "--steps", "5", "--classes", "1,2",
+                 "--quiet", "--out", str(tmp_path / "s")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "s" / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and [r["class"] for r in rows] == [1, 2, 1, 2, 1, 2]
+    assert {"nearest", "ratio", "memorized", "label"} <= set(rows[0]) and (tmp_path / "s" / rows[0]["path"]).exists()
+    assert main(["sample", str(tiny_bench_model), "--classes", "12", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
