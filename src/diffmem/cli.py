@@ -184,6 +184,32 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, out_required=False)
     p.set_defaults(func=None, keys=())
 
+    p = _sub(subs, "steer", "add a concept vector to chosen activations while sampling memorized and "
+             "generalized samples, and measure how each moves",
+             "diffmem steer --concept Trouser --alphas 0,0.5,1,2 --out out/steer")
+    p.add_argument("model", metavar="MODEL_DIR", nargs="?", default=None, help="default: the shipped hybrid model")
+    p.add_argument("--concept", default="Trouser", help="a Fashion-MNIST class (name or 0-9) or an image folder")
+    p.add_argument("--negative", default=None, help="class or folder: fit mean(positives) - mean(negatives)")
+    p.add_argument("--alphas", default="0,0.5,1,1.5,2,3", help="steering strengths, from 0, increasing")
+    p.add_argument("--samples", default="memorized,generalized", help="groups to steer")
+    p.add_argument("--n-per-group", type=int, default=6)
+    p.add_argument("--pool-size", type=int, default=300, help="candidate samples labelled to find each group")
+    p.add_argument("--steps", type=int, default=40, help="DDIM steps")
+    p.add_argument("--window", default="18:38", help="steered steps START:END or lastN[-K]")
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--t", type=float, default=10, help="timestep at which concept activations are read")
+    _common(p)
+    p.set_defaults(func="diffmem.steer.run:run_steer",
+                   keys=("model", "concept", "negative", "alphas", "samples", "n_per_group", "pool_size", "steps",
+                         "window", "guidance", "t", "seed"))
+
+    p = _sub(subs, "train-classifier", "train the small Fashion-MNIST CNN that scores steering",
+             "diffmem train-classifier --out src/diffmem/assets/classifier")
+    p.add_argument("--size", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=3)
+    _common(p)
+    p.set_defaults(func="diffmem.steer.classifier:train_classifier", keys=("size", "epochs", "seed"))
+
     p = _sub(subs, "demo", "the end-to-end demo (what `make demo` runs)", "diffmem demo --out demo_out")
     _common(p)
     p.set_defaults(func="diffmem.demo:run_demo", keys=("seed",))

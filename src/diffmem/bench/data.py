@@ -43,13 +43,14 @@ def fashion_mnist_train(indices, size: int) -> torch.Tensor:
     return _resize(to_model_range(z["train_images"][[pos[int(i)] for i in indices]])[:, None], size)
 
 
-def fashion_mnist_reference(size: int, n: int = N_REFERENCE) -> torch.Tensor:
-    """The first n test-split images (never trained on) as (n, 1, size, size) in [-1, 1]."""
+def fashion_mnist_reference(size: int, n: int = N_REFERENCE) -> tuple[torch.Tensor, np.ndarray]:
+    """The first n test-split images (never trained on) as (n, 1, size, size) in [-1, 1], and labels."""
     if FASHION_MNIST_DIR.is_dir():
-        x, _ = load_fashion_mnist("test")
-        return _resize(x[:n], size)
+        x, y = load_fashion_mnist("test")
+        return _resize(x[:n], size), y[:n]
     check(SUBSET.exists(), f"{FASHION_MNIST_DIR}: Fashion-MNIST not installed and no shipped subset")
-    return _resize(to_model_range(np.load(SUBSET)["test_images"][:n])[:, None], size)
+    z = np.load(SUBSET)
+    return _resize(to_model_range(z["test_images"][:n])[:, None], size), z["test_labels"][:n].astype(np.int64)
 
 
 def build_subset(records: list[dict], out: Path = SUBSET) -> Path:

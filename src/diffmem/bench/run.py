@@ -30,7 +30,7 @@ HYBRID = ASSETS / "bench" / "hybrid"
 T_CANDIDATES = (10, 50, 100, 200)
 
 
-def _classes(adapter, n: int, classes: str | None) -> list[int] | None:
+def sample_classes(adapter, n: int, classes: str | None) -> list[int] | None:
     k = getattr(adapter, "num_class_embeds", None)
     if not k:
         check(classes is None, "--classes: this model is not class-conditional")
@@ -46,7 +46,7 @@ def _classes(adapter, n: int, classes: str | None) -> list[int] | None:
     return [values[j % len(values)] for j in range(n)]
 
 
-def _training_images(adapter) -> tuple[torch.Tensor, np.ndarray]:
+def training_images(adapter) -> tuple[torch.Tensor, np.ndarray]:
     """The distinct training images (M, C, H, W) of a model trained by ``diffmem train``, and copies (M,)."""
     rec = getattr(adapter, "record", {}) or {}
     check("indices" in rec, f"{getattr(adapter, 'path', 'model')}: no diffmem.json training record; "
@@ -62,7 +62,7 @@ def _reference_images(adapter) -> torch.Tensor:
     """Held-out real images (never trained on) for NeMo's reference statistics."""
     rec = adapter.record
     if rec["data"] == "fashion-mnist":
-        return fashion_mnist_reference(rec["size"])
+        return fashion_mnist_reference(rec["size"])[0]
     images = load_source(rec["data"], rec["size"])[0]
     unused = np.setdiff1d(np.arange(len(images)), rec["indices"])
     check(len(unused) >= 2, f"{rec['data']}: no held-out images left for reference statistics")
@@ -76,9 +76,9 @@ def run_sample(model: str | os.PathLike, out: str | os.PathLike, n: int = 64, cl
     record: nearest, d1, d2, ratio, memorized, nearest_duplicated)."""
     from PIL import Image
     adapter = load_adapter(model)
-    cls = _classes(adapter, n, classes)
+    cls = sample_classes(adapter, n, classes)
     x = sample_fn(adapter, n, cls, guidance, steps, sampler, seed, batch_size, quiet)
-    lab = label_samples(x, *_training_images(adapter)) if label and adapter.record.get("indices") else None
+    lab = label_samples(x, *training_images(adapter)) if label and adapter.record.get("indices") else None
     with output_dir(out) as tmp:
         (tmp / "images").mkdir()
         rows = []
@@ -136,9 +136,9 @@ def run_bench(out: str | os.PathLike, model: str | os.PathLike | None = None, qu
     """
     check(0 < calib_frac < 1, f"--calib-frac {calib_frac}: must be in (0, 1)")
     adapter = load_adapter(model or HYBRID)
-    train, copies = _training_images(adapter)
+    train, copies = training_images(adapter)
     n = n_samples or (600 if quick else 1500)
-    cls = _classes(adapter, n, None)
+    cls = sample_classes(adapter, n, None)
     t0 = time.perf_counter()
     x = sample_fn(adapter, n, cls, guidance, steps, "ddim", seed, batch_size, quiet)
     sample_seconds = time.perf_counter() - t0

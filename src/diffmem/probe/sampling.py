@@ -38,10 +38,12 @@ def guided_eps(adapter: Adapter, x: torch.Tensor, t: int, cond, guidance: float)
 @torch.no_grad()
 def sample(adapter: Adapter, n: int, classes: Sequence[int] | None = None, guidance: float = 1.0,
            steps: int = 50, sampler: str = "ddim", seed: int = 0, batch_size: int = 128,
-           quiet: bool = False) -> torch.Tensor:
+           quiet: bool = False, indices: Sequence[int] | None = None) -> torch.Tensor:
     """n samples (n, C, H, W) in model space (pixels in [-1, 1] for pixel models).
 
     ``classes`` (n,) are class labels for class-conditional models (None: unconditional/null).
+    ``indices`` (n,) name the samples whose noise to use (default 0…n−1): sample j of one call
+    equals sample j of any other call with the same seed, steps and class.
     """
     from diffusers import DDIMScheduler
     check(n >= 1, f"--n {n}: must be >= 1")
@@ -54,11 +56,13 @@ def sample(adapter: Adapter, n: int, classes: Sequence[int] | None = None, guida
     channels = adapter.denoiser.config.in_channels
     size = getattr(adapter, "latent_size", adapter.image_size)
     bar = progress(total=n * steps, desc=f"sample ({sampler}, w={guidance})", disable=quiet)
+    names = list(range(n)) if indices is None else [int(j) for j in indices]
+    check(len(names) == n, "sample: one index per sample")
     for i in range(0, n, batch_size):
         idx = list(range(i, min(n, i + batch_size)))
         sched = DDIMScheduler.from_config(adapter.scheduler.config)
         sched.set_timesteps(steps)
-        gens = generators(seed, [f"sample{j}" for j in idx])
+        gens = generators(seed, [f"sample{names[j]}" for j in idx])
         x = torch.stack([torch.randn(channels, size, size, generator=g) for g in gens]).to(adapter.device)
         cond = adapter.condition([classes[j] for j in idx]) if classes is not None else None
         for t in sched.timesteps:

@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from diffmem.errors import DiffmemError
+from diffmem.models import load_adapter
+from diffmem.models.tiny import SAVERS
+from diffmem.probe.sampling import sample
+from diffmem.steer import ConceptVector, parse_window, steering
+from diffmem.steer.run import parse_alphas
+
+
+@pytest.fixture(scope="module")
+def unet(tmp_path_factory):
+    return load_adapter(SAVERS["unet2d"](tmp_path_factory.mktemp("u") / "m", num_classes=10))
+
+
+def test_concept_vector_is_the_mean_of_pooled_activations(unet, tmp_path):
+    from diffmem.detect.detector import image_keys
+    from diffmem.probe.represent import capture_layers, generators
+    g = torch.Generator().manual_seed(0)
+    pos, neg = torch.rand(6, 1, 16, 16, generator=g) * 2 - 1, torch.rand(4, 1, 16, 16, generator=g) * 2 - 1
+    layers = ["up_blocks.0.resnets.0", "mid_block"]
+    cv = ConceptVector(unet, layers=layers, t=10, batch_size=4).fit(pos, cond=3)
+    acts = capture_layers(unet, pos, layers, 10, generators(0, image_keys(pos)), cond=unet.condition([3] * 6),
+                          early_exit=False)
+    for name in layers:
+        assert torch.allclose(cv.vectors_[name], acts[name].mean(dim=(0, 2, 3)), atol=1e-5)
+    diff = ConceptVector(unet, layers=layers, mode="mean_diff").fit(pos, neg)
+    m_neg = ConceptVector(unet, layers=layers).fit(neg).vectors_
+    m_pos = ConceptVector(unet, layers=layers).fit(pos).vectors_
+    assert torch.allclose(diff.vectors_["mid_block"], m_pos["mid_block"] - m_neg["mid_block"], atol=1e-5)
+    loaded = ConceptVector.load(cv.save(tmp_path / "cv"))
+    assert loaded.layers == layers and all(torch.equal(loaded.vectors_[k], cv.vectors_[k]) for k in layers)
+    with pytest.raises(DiffmemError, match="needs negatives"):
+        ConceptVector(unet, layers=layers, mode="mean_diff").fit(pos)
+
+
+def test_hook_adds_exactly_alpha_v_inside_the_window_only(unet):
+    layer = "up_blocks.0.resnets.1"
+    module = dict(unet.denoiser.named_modules())[layer]
+    seen = []
+    handle = module.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    v = torch.randn(module.conv2.out_channels, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    cond = unet.condition([0, 1])
+    try:
+        # the recording hook runs before the steering hook: `seen` holds the unsteered outputs
+        with steering(unet, {layer: v}, 0.7, (1, 3)) as counter:
+            outs = [unet.denoise(x, 500, cond) for _ in range(4)]
+        plain = [unet.denoise(x, 500, cond) for _ in range(4)]
+    finally:
+        handle.remove()
+    assert counter.step == 3
+    for k in range(4):
+        same = torch.equal(outs[k], plain[k])
+        assert same == (k not in (1, 2))
+    steered_out = {}
+    with steering(unet, {layer: v}, 0.7, (0, 1)):
+        h2 = module.register_forward_hook(lambda m, i, o: steered_out.setdefault("h", o.detach().clone()))
+        try:
+            unet.denoise(x, 500, cond)
+        finally:
+            h2.remove()
+    # a hook registered after steering's sees the steered output: exactly h + 0.7 v
+    assert torch.allclose(steered_out["h"] - seen[0], 0.7 * v.view(1, -1, 1, 1).expand_as(seen[0]), atol=1e-6)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.denoiser.modules())
+
+
+@pytest.mark.parametrize("order", ["uncond_cond", "cond_uncond"])
+def test_cfg_half_selection(unet, order):
+    layer = "mid_block"
+    module = dict(unet.denoiser.named_modules())[layer]
+    v = torch.ones(module.resnets[-1].conv2.out_channels)
+    x = torch.zeros(4, 1, 16, 16)
+    cond = torch.cat([unet.null_condition(2), unet.condition([1, 2])])
+    got = {}
+    old = unet.cfg_order
+    unet.cfg_order = order
+    try:
+        with steering(unet, {layer: v}, 1.0, (0, 1), cfg_batch=True):
+            h = module.register_forward_hook(lambda m, i, o: got.setdefault("h", o.detach().clone()))
+            unet.denoise(x, 500, cond)
+            h.remove()
+        base = {}
+        h = module.register_forward_hook(lambda m, i, o: base.setdefault("h", o.detach().clone()))
+        unet.denoise(x, 500, cond)
+        h.remove()
+    finally:
+        unet.cfg_order = old
+    delta = (got["h"] - base["h"]).mean(dim=(1, 2, 3))
+    expect = torch.tensor([0.0, 0.0, 1.0, 1.0]) if order == "uncond_cond" else torch.tensor([1.0, 1.0, 0.0, 0.0])
+    assert torch.allclose(delta, expect, atol=1e-6)
+
+
+def test_alpha_zero_reproduces_unsteered_sampling_bit_for_bit(unet):
+    cv = ConceptVector(unet, layers=["up_blocks.0.resnets.0"]).fit(torch.rand(3, 1, 16, 16) * 2 - 1)
+    plain = sample(unet, 3, [1, 2, 3], guidance=2.0, steps=6, seed=1, quiet=True)
+    with steering(unet, cv.vectors_, 0.0, (0, 6), cfg_batch=True):
+        zero = sample(unet, 3, [1, 2, 3], guidance=2.0, steps=6, seed=1, quiet=True)
+    with steering(unet, cv.vectors_, 5.0, (2, 5), cfg_batch=True):
+        moved = sample(unet, 3, [1, 2, 3], guidance=2.0, steps=6, seed=1, quiet=True)
+    assert torch.equal(plain, zero) and not torch.equal(plain, moved)
+
+
+def test_window_and_alpha_parsing():
+    assert parse_window("18:38", 40) == (18, 38)
+    assert parse_window("last20-2", 40) == (18, 38)
+    assert parse_window("last5", 40) == (35, 40)
+    for bad in ("30:50", "5:5", "abc", "last50"):
+        with pytest.raises(DiffmemError, match="--steps"):
+            parse_window(bad, 40)
+    assert parse_alphas("0,0.2,0.4") == [0.0, 0.2, 0.4]
+    for bad in ("0,a", "0.2,0.4", "0,0.5,0.2", "0"):
+        with pytest.raises(DiffmemError, match="--alphas"):
+            parse_alphas(bad)
