@@ -127,10 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a bad image: an error row (skip) or a fatal error (fail)")
     p.add_argument("--resume", action="store_true", help="continue a killed scan in the same --out")
     p.add_argument("--allow-pickle", action="store_true", help="allow non-safetensors weights (unpickling)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="ray: a Ray Data pipeline (pip install 'diffmem[ray]')")
+    p.add_argument("--workers", type=int, default=2, help="ray: model actors (one CPU thread each)")
+    p.add_argument("--ray-address", default=None, help="ray: an existing cluster (default: start a local Ray)")
+    p.add_argument("--part-size", type=int, default=256, help="inputs per committed Parquet part")
     _common(p)
     p.set_defaults(func="diffmem.probe.run:run_scan",
                    keys=("model", "images", "layer", "t", "pool", "batch_size", "repeats", "seed", "on_error",
-                         "resume", "allow_pickle"))
+                         "resume", "allow_pickle", "engine", "workers", "ray_address", "part_size"))
 
     p = _sub(subs, "eval", "AUROC and TPR at 1%% FPR (both conventions) with bootstrap CIs, ROC and "
              "score-density plots", "diffmem eval out/scan/scores.parquet --labels labels.csv --out out/eval")
@@ -172,15 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
                    keys=("model", "n", "classes", "guidance", "steps", "sampler", "batch_size", "seed"))
 
     p = _sub(subs, "bench", "benchmarks: 'memorization' (default: spikiness against baselines on the shipped "
-             "hybrid model), 'probe' (full forward vs early exit per family)",
+             "hybrid model), 'probe' (full forward vs early exit per family), 'scan' (images/s of the local "
+             "engine and Ray with 1 and 2 workers)",
              "diffmem bench --quick --seed 0 --out out/bench")
-    p.add_argument("what", nargs="?", choices=("memorization", "probe"), default="memorization")
+    p.add_argument("what", nargs="?", choices=("memorization", "probe", "scan"), default="memorization")
     p.add_argument("--quick", action="store_true", help="memorization: 600 samples instead of 1500")
     p.add_argument("--model", default=None, help="memorization: model folder (default: the shipped hybrid)")
     p.add_argument("--n-samples", type=int, default=None)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--reps", type=int, default=10, help="probe: timed repetitions")
+    p.add_argument("--n-images", type=int, default=512, help="scan: images scanned per engine")
     _common(p, out_required=False)
     p.set_defaults(func=None, keys=())
 
@@ -210,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func="diffmem.steer.classifier:train_classifier", keys=("size", "epochs", "seed"))
 
+    p = _sub(subs, "report", "one self-contained HTML page (figures embedded, no network) from any diffmem "
+             "output folder", "diffmem report demo_out")
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func="diffmem.report.html:run_report", keys=("directory",), seed=0)
+
     p = _sub(subs, "demo", "the end-to-end demo (what `make demo` runs)", "diffmem demo --out demo_out")
     _common(p)
     p.set_defaults(func="diffmem.demo:run_demo", keys=("seed",))
@@ -229,7 +242,8 @@ def _print_layers(rows: list[dict], args) -> None:
 
 _BENCH = {"memorization": ("diffmem.bench.run:run_bench",
                             ("quick", "model", "n_samples", "guidance", "batch_size", "seed")),
-          "probe": ("diffmem.probe.run:bench_probe", ("batch_size", "reps", "seed"))}
+          "probe": ("diffmem.probe.run:bench_probe", ("batch_size", "reps", "seed")),
+          "scan": ("diffmem.probe.run:bench_scan", ("n_images", "batch_size", "model", "seed"))}
 
 
 def _call(args: argparse.Namespace):
@@ -237,7 +251,7 @@ def _call(args: argparse.Namespace):
     if args.command == "bench":
         args.func, args.keys = _BENCH[args.what]
         if args.batch_size is None:
-            args.batch_size = 128 if args.what == "memorization" else 16
+            args.batch_size = {"memorization": 128, "probe": 16, "scan": 32}[args.what]
         if args.what == "memorization" and args.out is None:
             raise DiffmemError("bench: --out DIR is required")
     module, name = args.func.split(":")

@@ -16,7 +16,7 @@ from pathlib import Path
 from diffmem.bench.run import HYBRID, run_bench, run_sample
 from diffmem.detect.evaluate import run_eval
 from diffmem.probe.run import run_scan
-from diffmem.report import write_index
+from diffmem.report import build_report, write_index
 from diffmem.theory.run import run_verify
 
 
@@ -31,5 +31,6 @@ def run_demo(out: str | os.PathLike, seed: int = 0, quiet: bool = False) -> dict
     steps["bench"] = run_bench(out / "bench", quick=True, seed=seed, quiet=quiet)
     steps["theory"] = run_verify(out / "theory", seed=seed, quick=True, quiet=quiet)
     index = write_index(out, "diffmem demo")
-    print(f"demo finished in {time.perf_counter() - t0:.0f} s; open {index}")
-    return {"index": str(index), "seconds": time.perf_counter() - t0}
+    report = build_report(out)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; index {index}; report {report}")
+    return {"index": str(index), "report": str(report), "seconds": time.perf_counter() - t0}

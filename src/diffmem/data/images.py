@@ -107,7 +107,9 @@ def read_image(path: str | os.PathLike, size: int | None = None, channels: int =
             arr = np.asarray(img, dtype=np.uint8)
     except DiffmemError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DiffmemError(f"{path}: image too large ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DiffmemError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return to_model_range(arr)

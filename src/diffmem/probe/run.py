@@ -6,6 +6,7 @@ import os
 import tempfile
 import time
 
+import pandas as pd
 import torch
 
 from diffmem.models import load_adapter
@@ -24,12 +25,57 @@ def run_layers(model: str | os.PathLike, allow_pickle: bool = False) -> list[dic
 def run_scan(model: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
              layer: str | None = None, t: float | None = None, pool: str | None = None, batch_size: int = 32,
              repeats: int = 1, seed: int = 0, on_error: str = "skip", resume: bool = False,
-             allow_pickle: bool = False, quiet: bool = False) -> dict:
-    """Load ``model`` and scan ``images`` into ``out`` (see :func:`diffmem.scan.scan`)."""
+             allow_pickle: bool = False, engine: str = "local", workers: int = 2, ray_address: str | None = None,
+             part_size: int = 256, quiet: bool = False) -> dict:
+    """Load ``model`` and scan ``images`` into ``out`` (see :func:`diffmem.scan.scan`) with the local
+    engine, or with Ray Data (``engine="ray"``, ``workers`` actors, optional ``ray_address``)."""
     from diffmem.scan import scan
+    from diffmem.errors import check
+    check(engine in ("local", "ray"), f"--engine {engine!r}: 'local' or 'ray'")
+    if engine == "ray":
+        from diffmem.scan.ray_engine import scan_ray
+        check(workers >= 1, f"--workers {workers}: must be >= 1")
+        return scan_ray(model, images, out, layer=layer, t=t, pool=pool, batch_size=batch_size, repeats=repeats,
+                        seed=seed, on_error=on_error, resume=resume, workers=workers, ray_address=ray_address,
+                        allow_pickle=allow_pickle, part_size=part_size, quiet=quiet)
     adapter = load_adapter(model, allow_pickle=allow_pickle)
     return scan(adapter, images, out, layer=layer, t=t, pool=pool, batch_size=batch_size, repeats=repeats,
-                seed=seed, on_error=on_error, resume=resume, quiet=quiet)
+                seed=seed, on_error=on_error, resume=resume, part_size=part_size, quiet=quiet)
+
+
+def bench_scan(n_images: int = 512, batch_size: int = 32, model: str | os.PathLike | None = None, seed: int = 0,
+               out: str | os.PathLike | None = None, quiet: bool = False) -> dict:
+    """Images per second of the local engine (all threads) and of Ray with 1 and 2 workers (one thread
+    each), same inputs and settings, one run, on the shipped hybrid model; ``scan_bench.json``."""
+    import shutil
+    import numpy as np
+    from PIL import Image
+    from diffmem.bench.run import HYBRID
+    model = model or HYBRID
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = os.path.join(tmp, "images")
+        os.mkdir(folder)
+        rng = np.random.default_rng(seed)
+        for i in range(n_images):
+            Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(f"{folder}/{i:05d}.png")
+        runs = {"local": {"engine": "local"}, "ray_1_worker": {"engine": "ray", "workers": 1},
+                "ray_2_workers": {"engine": "ray", "workers": 2}}
+        tables = {}
+        for name, kw in runs.items():
+            dest = os.path.join(tmp, name)
+            t0 = time.perf_counter()
+            summary = run_scan(model, folder, dest, batch_size=batch_size, seed=seed, quiet=quiet, **kw)
+            wall = time.perf_counter() - t0
+            tables[name] = pd.read_parquet(os.path.join(dest, "scores.parquet"))
+            results[name] = {"images": n_images, "wall_seconds": wall, "images_per_second": n_images / wall,
+                             "scan_seconds": summary["seconds"]}
+            shutil.rmtree(dest)
+        results["tables_identical"] = all(tables["local"].equals(t) for t in tables.values())
+    if out is not None:
+        with output_dir(out) as d:
+            write_json(d / "scan_bench.json", results)
+    return results
 
 
 def _time(fn, reps: int) -> float:

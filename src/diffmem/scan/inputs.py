@@ -30,6 +30,24 @@ class Item:
     label: object = None
     prompt: str | None = None
 
+    def record(self) -> dict:
+        """A plain description another process can rebuild with :func:`item_from_record`."""
+        return {"index": self.index, "path": self.path, "label": None if self.label is None else str(self.label),
+                "prompt": self.prompt}
+
+
+def item_from_record(rec: dict, size: int, channels: int) -> Item:
+    """Rebuild an :class:`Item` from :meth:`Item.record` (``file.npy[i]`` paths address array rows)."""
+    path = str(rec["path"])
+    if path.endswith("]") and "[" in path and Path(path.rsplit("[", 1)[0]).suffix in (".npy", ".npz"):
+        src, i = path.rsplit("[", 1)
+        arr, _ = _open_array(Path(src))
+        i = int(i[:-1])
+        loader = _array_loader(arr[i], path, size, channels)
+    else:
+        loader = _file_loader(Path(path), size, channels)
+    return Item(int(rec["index"]), path, loader, label=rec.get("label"), prompt=rec.get("prompt"))
+
 
 def _file_loader(path: Path, size: int, channels: int):
     def load():

@@ -2,10 +2,12 @@
 
 Layout of ``out``: ``parts/part-<first index>.parquet`` (each written to a temporary name, fsynced
 and renamed, so a part is either whole or absent), then ``scores.parquet`` (all parts in input
-order) and ``summary.json``. A part's rows are its inputs' records; with ``resume`` the inputs
-whose (index, sha256) already sit in a committed part are skipped, so a scan killed at any moment
-and resumed gives the same table as an uninterrupted one. Settings are stored in
-``parts/settings.json``; resuming with different settings is refused.
+order) and ``summary.json``. Inputs stream: at most one part of images is in memory. With
+``resume`` the inputs whose index already sits in a committed part are skipped (an input's index
+is its position in the sorted folder, array or manifest), so a scan killed at any moment and
+resumed gives the same table as an uninterrupted one: every row's noise is seeded by the image's
+hash and batches are zero-padded, so a row never depends on which batch it landed in. Settings
+are stored in ``parts/settings.json``; resuming with different settings is refused.
 """
 
 from __future__ import annotations
@@ -106,55 +108,54 @@ def scan(adapter: Adapter, images: str | os.PathLike, out: str | os.PathLike, la
     done = _prepare_parts(parts, settings, resume)
     t0, n_new = time.perf_counter(), 0
     bar = progress(desc="scan", unit="img")
-    pending: list[dict] = []
-    batch: list = []
-    part_first: int | None = None
-
-    def flush_batch():
-        nonlocal batch
-        if batch:
-            pending.extend(_rows_for_batch(adapter, batch, settings, on_error, batch_size))
-            batch = []
-
-    def commit():
-        nonlocal pending, part_first
-        flush_batch()
-        if pending:
-            df = pd.DataFrame(pending, columns=COLUMNS)
-            atomic_write_parquet(df, parts / f"part-{pending[0]['index']:09d}.parquet")
-        pending, part_first = [], None
-
+    chunk: list[Item] = []
     for item in items:
         bar.update()
-        try:
-            image, sha = item.loader()
-        except DiffmemError as exc:
-            if on_error == "fail":
-                raise
-            image, sha, err = None, None, str(exc)
-        if (item.index, sha) in done:
+        if item.index in done:
             continue
-        n_new += 1
-        part_first = item.index if part_first is None else part_first
-        if image is None:
-            pending.append(_row(item, sha, settings, None, err))
-        else:
-            batch.append((item, image, sha))
-            if len(batch) >= batch_size:
-                flush_batch()
-        if len(pending) + len(batch) >= part_size:
-            commit()
-    commit()
+        chunk.append(item)
+        if len(chunk) >= part_size:
+            n_new += _commit(parts, score_items(adapter, chunk, settings, on_error, batch_size))
+            chunk = []
+    n_new += _commit(parts, score_items(adapter, chunk, settings, on_error, batch_size))
     bar.close()
     seconds = time.perf_counter() - t0
     return finalize(out, settings, {"model": str(getattr(adapter, "path", "")), "images": str(images),
                                     "seconds": seconds, "new_rows": n_new})
 
 
+def score_items(adapter: Adapter, items: list[Item], settings: dict, on_error: str, batch_size: int) -> list[dict]:
+    """Rows for ``items``: unreadable inputs become error rows (or raise with ``on_error='fail'``),
+    readable ones are scored in zero-padded batches of ``batch_size``. Used by every engine."""
+    rows, batch = [], []
+    for item in items:
+        try:
+            image, sha = item.loader()
+        except DiffmemError as exc:
+            if on_error == "fail":
+                raise
+            rows.append(_row(item, None, settings, None, str(exc)))
+            continue
+        batch.append((item, image, sha))
+        if len(batch) == batch_size:
+            rows += _rows_for_batch(adapter, batch, settings, on_error, batch_size)
+            batch = []
+    if batch:
+        rows += _rows_for_batch(adapter, batch, settings, on_error, batch_size)
+    return sorted(rows, key=lambda r: r["index"])
+
+
+def _commit(parts: Path, rows: list[dict]) -> int:
+    """Write ``rows`` as one atomically committed part; return how many."""
+    if rows:
+        atomic_write_parquet(pd.DataFrame(rows, columns=COLUMNS), parts / f"part-{rows[0]['index']:09d}.parquet")
+    return len(rows)
+
+
 def _prepare_parts(parts: Path, settings: dict, resume: bool) -> set:
-    """Create ``parts`` (or reuse it with ``resume``); return the (index, sha256) already committed."""
+    """Create ``parts`` (or reuse it with ``resume``); return the input indices already committed."""
     record = parts / "settings.json"
-    if parts.exists() and any(parts.glob("part-*.parquet")):
+    if parts.exists() and any(parts.glob("*.parquet")):
         if not resume:
             raise DiffmemError(f"{parts}: holds parts of an earlier scan; pass --resume to continue it "
                                f"or choose another --out")
@@ -165,16 +166,15 @@ def _prepare_parts(parts: Path, settings: dict, resume: bool) -> set:
     for stale in parts.glob(".*.tmp"):
         stale.unlink()
     write_json(record, settings)
-    done = set()
-    for f in sorted(parts.glob("part-*.parquet")):
-        df = pd.read_parquet(f, columns=["index", "sha256"])
-        done.update(zip(df["index"].tolist(), df["sha256"].tolist()))
+    done: set[int] = set()
+    for f in sorted(parts.glob("*.parquet")):
+        done.update(pd.read_parquet(f, columns=["index"])["index"].tolist())
     return done
 
 
 def read_parts(parts: Path) -> pd.DataFrame:
     """All committed parts, in input order, one row per input (latest part wins on a repeat)."""
-    frames = [pd.read_parquet(f) for f in sorted(parts.glob("part-*.parquet"))]
+    frames = [pd.read_parquet(f) for f in sorted(parts.glob("*.parquet"))]
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
     df = pd.concat(frames, ignore_index=True)

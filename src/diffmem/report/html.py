@@ -1,0 +1,126 @@
+"""``diffmem report DIR``: one self-contained HTML page (figures embedded, no network requests)
+built from any diffmem output folder. It reads result files only, never models."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from diffmem.errors import DiffmemError
+from diffmem.plotting import plt
+
+# section → file names that belong to it (matched on the PNG's name)
+SECTIONS = {
+    "Detection benchmark": ("roc.png", "score_kde.png", "top_memorized.png", "layer_auroc.png"),
+    "Theory": ("verify_products.png", "verify_representations.png", "phase.png", "diffusion_samples.png"),
+    "Steering": ("steer_grid.png",),
+}
+KNOWN_JSON = ("bench.json", "metrics.json", "summary.json", "verify.json", "phase.json", "weights.json",
+              "diffusion.json", "steer.json", "theory_bench.json", "probe_bench.json", "scan_bench.json",
+              "tuning.json")
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _load(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DiffmemError(f"{path}: corrupt metrics file ({exc})") from None
+
+
+def _layer_bars(tuning: list[dict]) -> bytes:
+    """Per-layer calibration AUROC (best timestep per layer) as a PNG."""
+    best: dict[str, dict] = {}
+    for row in tuning:
+        if row["layer"] not in best or row["auroc"] > best[row["layer"]]["auroc"]:
+            best[row["layer"]] = row
+    rows = sorted(best.values(), key=lambda r: r["auroc"])
+    fig, ax = plt.subplots(figsize=(7, 0.25 * len(rows) + 1.2))
+    ax.barh([f"{r['layer']} (t={r['t']})" for r in rows], [r["auroc"] for r in rows], color="tab:purple")
+    ax.set_xlim(min(0.5, min(r["auroc"] for r in rows)), 1.0)
+    ax.set_xlabel("AUROC of std(pooled layer), calibration split")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _summary_rows(name: str, data) -> list[tuple[str, str]]:
+    """Headline numbers of one metrics file."""
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    if not isinstance(data, dict):
+        return []
+    rows = []
+    if "methods" in data:
+        for m, d in data["methods"].items():
+            ci = d.get("auroc_ci") or [float("nan")] * 2
+            rows.append((f"{m} AUROC", f"{d['auroc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]; TPR@1%FPR "
+                                       f"{d['tpr_at_1pct_fpr']:.3f}; {d['seconds_per_image'] * 1e3:.2f} ms/img"))
+    if "regimes" in data:
+        for r, d in data["regimes"].items():
+            rows.append((f"{r}", f"rel_err {d['rel_err']:.4f}; rep std train {d['rep_std_train']:.3f}"))
+    if "groups" in data:
+        for g, d in data["groups"].items():
+            rows.append((f"{g}", ", ".join(f"{k} {fmt(v)}" for k, v in d.items()
+                                           if isinstance(v, (int, float)) and not isinstance(v, bool))))
+    for k, v in data.items():
+        if isinstance(v, (int, float, str, bool)) and len(rows) < 40:
+            rows.append((k, fmt(v)))
+    return rows
+
+
+def build_report(root: str | os.PathLike, out_name: str = "report.html") -> Path:
+    """Write ``root/report.html`` and return its path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DiffmemError(f"{root}: no such folder")
+    metrics = []
+    for path in sorted(root.rglob("*.json")):
+        if path.name in KNOWN_JSON:
+            data = _load(path)
+            metrics.append({"file": path.relative_to(root).as_posix(), "rows": _summary_rows(path.name, data)})
+    pngs = sorted(p for p in root.rglob("*.png") if not any(part.startswith(".") for part in p.parts))
+    if not metrics and not pngs:
+        raise DiffmemError(f"{root}: no diffmem results (no metrics JSON or figures) to report")
+    sections: dict[str, list[dict]] = {name: [] for name in SECTIONS}
+    sections["Other figures"] = []
+    for p in pngs:
+        section = next((s for s, names in SECTIONS.items() if p.name in names or p.name.startswith(
+            ("weights_", "representations_"))), "Other figures")
+        if p.name.startswith(("weights_", "representations_")):
+            section = "Theory"
+        sections[section].append({"title": p.relative_to(root).as_posix(), "uri": _data_uri(p.read_bytes())})
+    for path in sorted(root.rglob("tuning.json")):
+        sections["Detection benchmark"].append({"title": f"{path.parent.relative_to(root).as_posix()}/per-layer AUROC",
+                                                "uri": _data_uri(_layer_bars(_load(path)))})
+    tables = []
+    for path in sorted(root.rglob("bench.md")):
+        lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]
+        if len(lines) > 2:
+            cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+            tables.append({"file": path.relative_to(root).as_posix(), "head": cells[0], "rows": cells[2:]})
+    env = Environment(loader=PackageLoader("diffmem.report", "templates"), autoescape=select_autoescape())
+    html = env.get_template("report.html.j2").render(
+        title=f"diffmem report: {root.resolve().name}", metrics=metrics, tables=tables,
+        sections={k: v for k, v in sections.items() if v})
+    out = root / out_name
+    tmp = out.with_name(f".{out_name}.tmp")
+    tmp.write_text(html)
+    os.replace(tmp, out)
+    return out
+
+
+def run_report(directory: str | os.PathLike, quiet: bool = False) -> dict:
+    """CLI entry: build the report and return its path."""
+    return {"report": str(build_report(directory))}

@@ -1,0 +1,164 @@
+"""Resumable scans (SIGKILL at several points), the Ray engine, and a corpus of bad inputs."""
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from diffmem.errors import DiffmemError
+from diffmem.models import load_adapter
+from diffmem.models.tiny import SAVERS
+from diffmem.scan import scan
+from diffmem.scan.inputs import iter_inputs
+from tests.test_probe import write_pngs
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return SAVERS["unet2d"](tmp_path_factory.mktemp("m") / "unet", seed=0)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_pngs(tmp_path_factory.mktemp("imgs") / "imgs", 96)
+
+
+def scan_cmd(model_dir, folder, out, *extra):
+    return [sys.executable, "-m", "diffmem", "scan", str(model_dir), str(folder), "--out", str(out), "--quiet",
+            "--batch-size", "8", "--part-size", "16", "--repeats", "6", "--seed", "3", *extra]
+
+
+ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def clean_table(model_dir, folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "out"
+    subprocess.run(scan_cmd(model_dir, folder, out), check=True, env=ENV, capture_output=True)
+    return pd.read_parquet(out / "scores.parquet")
+
+
+@pytest.mark.parametrize("kill_after_parts", [0, 1, 3, 5])
+def test_killed_scan_resumes_to_the_clean_table(model_dir, folder, clean_table, tmp_path, kill_after_parts):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(scan_cmd(model_dir, folder, out), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if len(list((out / "parts").glob("part-*.parquet"))) >= kill_after_parts and (out / "parts").exists():
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "scores.parquet").exists() or kill_after_parts == 0 or proc.returncode == 0
+    done = len(list((out / "parts").glob("part-*.parquet"))) if (out / "parts").exists() else 0
+    # a half-written part never counts: every committed part reads back whole
+    for f in (out / "parts").glob("part-*.parquet") if done else []:
+        assert len(pd.read_parquet(f)) in (16, 96 % 16 or 16)
+    r = subprocess.run(scan_cmd(model_dir, folder, out, "--resume"), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    table = pd.read_parquet(out / "scores.parquet")
+    pd.testing.assert_frame_equal(table, clean_table, check_exact=True)
+    assert table["index"].tolist() == list(range(96))
+
+
+def test_restart_without_resume_is_refused(model_dir, folder, tmp_path):
+    out = tmp_path / "o"
+    subprocess.run(scan_cmd(model_dir, folder, out), check=True, env=ENV, capture_output=True)
+    r = subprocess.run(scan_cmd(model_dir, folder, out), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    r = subprocess.run(scan_cmd(model_dir, folder, out, "--resume", "--t", "20"), env=ENV, capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "other settings" in r.stderr
+
+
+def test_ray_engine_equals_local_engine(model_dir, tmp_path):
+    pytest.importorskip("ray", reason="Ray not installed (pip install 'diffmem[ray]')")
+    from diffmem.probe.run import run_scan
+    folder = write_pngs(tmp_path / "imgs", 40)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    local = run_scan(model_dir, folder, tmp_path / "local", batch_size=8, part_size=16, seed=2, quiet=True)
+    ray = run_scan(model_dir, folder, tmp_path / "ray", batch_size=8, part_size=16, seed=2, engine="ray",
+                   workers=2, quiet=True)
+    a, b = pd.read_parquet(tmp_path / "local" / "scores.parquet"), pd.read_parquet(tmp_path / "ray" / "scores.parquet")
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert local["n_errors"] == ray["n_errors"] == 1 and ray["engine"] == "ray"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def fault_corpus(folder):
+    """Files a real scan meets: the good ones and every kind of bad one."""
+    from PIL import Image
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)).save(folder / "good_gray.png")
+    Image.fromarray(rng.integers(0, 256, (20, 20, 4), dtype=np.uint8), "RGBA").save(folder / "good_rgba.png")
+    Image.fromarray(rng.integers(0, 65535, (20, 20), dtype=np.uint16)).save(folder / "good_16bit.png")
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).convert("P").save(folder / "good_palette.png")
+    Image.fromarray(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)).save(folder / "good.jpg")
+    full = (folder / "good_gray.png").read_bytes()
+    (folder / "bad_truncated.png").write_bytes(full[:len(full) // 2])
+    (folder / "bad_empty.png").write_bytes(b"")
+    (folder / "bad_text.png").write_text("this is not an image")
+    (folder / "bad_random.webp").write_bytes(rng.bytes(300))
+    ihdr = struct.pack(">IIBBBBB", 200_000, 200_000, 8, 0, 0, 0, 0)
+    (folder / "bad_huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) +
+                                          _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _png_chunk(b"IEND", b""))
+    (folder / "dir.png").mkdir()
+    return folder
+
+
+def test_fault_corpus_never_crashes_a_scan(model_dir, tmp_path):
+    folder = fault_corpus(tmp_path / "corpus")
+    s = scan(load_adapter(model_dir), folder, tmp_path / "out", quiet=True)
+    df = pd.read_parquet(tmp_path / "out" / "scores.parquet")
+    good = df[df.path.str.contains("/good")]
+    bad = df[df.path.str.contains("/bad_")]
+    assert len(good) == 5 and good["error"].isna().all() and np.isfinite(good["score"]).all()
+    assert len(bad) == 5 and bad["error"].notna().all() and bad["score"].isna().all()
+    assert bad.set_index(bad.path.str.rsplit("/", n=1).str[-1])["error"]["bad_huge.png"].count("too large") == 1
+    assert s["n_inputs"] == 10
+    with pytest.raises(DiffmemError, match="bad_"):
+        scan(load_adapter(model_dir), folder, tmp_path / "out2", on_error="fail", quiet=True)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=400), prefix=st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a"]))
+def test_image_loader_fuzz(tmp_path, data, prefix):
+    from diffmem.data.images import read_image
+    path = tmp_path / "fuzz.png"
+    path.write_bytes(prefix + data)
+    try:
+        x = read_image(path, size=8, channels=1)
+    except DiffmemError as exc:
+        assert "fuzz.png" in str(exc)
+    else:
+        assert x.shape == (1, 8, 8) and np.isfinite(x).all()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=300))
+def test_manifest_loader_fuzz(tmp_path, text):
+    man = tmp_path / "m.jsonl"
+    man.write_text(text)
+    try:
+        items = list(iter_inputs(man, 8, 1))
+    except DiffmemError:
+        return
+    for it in items:
+        try:
+            it.loader()
+        except DiffmemError:
+            pass
