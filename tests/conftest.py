@@ -8,6 +8,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+needs_fmnist = pytest.mark.skipif(
+    not __import__("diffmem.data.images", fromlist=["x"]).FASHION_MNIST_DIR.is_dir(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist; `make test` does this)")
+
+
+@pytest.fixture(scope="session")
+def tiny_bench_model(tmp_path_factory):
+    """A 0.16M-parameter class-conditional UNet on 8×8 Fashion-MNIST: 40 images + 2 images × 60 copies,
+    trained long enough (800 steps) that some samples copy the duplicated images."""
+    from diffmem.bench.train import train_unet
+    path = tmp_path_factory.mktemp("bench") / "model"
+    train_unet(path, size=8, distinct=40, dup="2x60", steps=800, lr=3e-3, batch_size=32, config="test-xs",
+               seed=0, quiet=True)
+    return path
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     """Eight random 28×28 gray PNGs."""

@@ -7,15 +7,12 @@ import torch
 
 from diffmem.bench.dataset import Duplication, build_training_set
 from diffmem.bench.labels import label_samples
-from diffmem.data.images import FASHION_MNIST_DIR
 from diffmem.errors import DiffmemError
 from diffmem.models import load_adapter
 from diffmem.models.tiny import SAVERS
 from diffmem.probe.sampling import guided_eps, sample
 
-needs_fmnist = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(),
-                                  reason=f"Fashion-MNIST not installed at {FASHION_MNIST_DIR} "
-                                         f"(apt-get install dataset-fashion-mnist)")
+from tests.conftest import needs_fmnist
 
 
 def test_duplication_parsing_and_training_set():
@@ -82,15 +79,6 @@ def test_sampling_is_deterministic_and_batch_independent(tmp_path):
     assert torch.equal(d, sample(a, 2, [0, 1], steps=5, sampler="ddpm", seed=3, quiet=True))
     with pytest.raises(DiffmemError, match="--steps"):
         sample(a, 2, [0, 1], steps=5000)
-
-
-@pytest.fixture(scope="module")
-def tiny_bench_model(tmp_path_factory):
-    from diffmem.bench.train import train_unet
-    path = tmp_path_factory.mktemp("bench") / "model"
-    train_unet(path, size=8, distinct=40, dup="2x60", steps=800, lr=3e-3, batch_size=32, config="test-xs",
-               seed=0, quiet=True)
-    return path
 
 
 @needs_fmnist

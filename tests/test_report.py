@@ -74,10 +74,11 @@ def test_report_in_headless_chromium(results, tmp_path):
         urls = []
         for entry in driver.get_log("performance"):
             msg = json.loads(entry["message"])["message"]
-            if msg["method"] == "Network.requestWillBeSent":
+            if msg["method"] == "Network.requestWillBeSent" and msg["params"].get("documentURL") == path.as_uri():
                 urls.append(msg["params"]["request"]["url"])
+        assert path.as_uri() in urls                       # the page's own load was seen …
         leaving = [u for u in urls if not u.startswith(("file:", "data:"))]
-        assert not leaving, leaving
+        assert not leaving, leaving                        # … and nothing it asked for left the file
         shot = tmp_path / "shot.png"
         driver.save_screenshot(str(shot))
     finally:

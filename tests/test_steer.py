@@ -7,6 +7,7 @@ from diffmem.models.tiny import SAVERS
 from diffmem.probe.sampling import sample
 from diffmem.steer import ConceptVector, parse_window, steering
 from diffmem.steer.run import parse_alphas
+from tests.conftest import needs_fmnist
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +114,28 @@ def test_window_and_alpha_parsing():
     for bad in ("0,a", "0.2,0.4", "0,0.5,0.2", "0"):
         with pytest.raises(DiffmemError, match="--alphas"):
             parse_alphas(bad)
+
+
+@needs_fmnist
+def test_steer_command_on_a_tiny_hybrid_model(tiny_bench_model, tmp_path):
+    from diffmem.steer.run import run_steer
+    import json
+    r = run_steer(tmp_path / "s", model=tiny_bench_model, concept="Trouser", alphas="0,1,2", n_per_group=2,
+                  pool_size=120, steps=10, window="4:9", n_concept=10, quiet=True)
+    saved = json.loads((tmp_path / "s" / "steer.json").read_text())
+    assert saved["target_class"] == 1 and saved["window"] == [4, 9] and saved["overhead_ratio"] > 0
+    for g in ("memorized", "generalized"):
+        grp = r["groups"][g]
+        if grp["n"]:
+            assert grp["alpha0_equals_unsteered"] and len(grp["attribute_curve"]) == 3
+            assert grp["output_change_per_unit"] > 0 and 0 <= grp["monotonicity"] <= 1
+    assert (tmp_path / "s" / "steer_grid.png").exists() and (tmp_path / "s" / "concept" / "vectors.safetensors").exists()
+    for bad, match in (({"concept": "Spaceship"}, "concept"), ({"alphas": "0,x"}, "--alphas"),
+                       ({"window": "5:50"}, "--steps")):
+        with pytest.raises(DiffmemError, match=match):
+            run_steer(tmp_path / "bad", model=tiny_bench_model, **{"alphas": "0,1", **bad}, quiet=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DiffmemError, match="no image files"):
+        run_steer(tmp_path / "bad", model=tiny_bench_model, concept=str(empty), alphas="0,1", quiet=True)
+    assert not (tmp_path / "bad").exists()
