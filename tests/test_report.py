@@ -44,7 +44,7 @@ def test_report_errors(tmp_path):
     with pytest.raises(DiffmemError, match="no diffmem results"):
         build_report(tmp_path)
     (tmp_path / "bench.json").write_text("{not json")
-    with pytest.raises(DiffmemError, match="bench.json: corrupt metrics file"):
+    with pytest.raises(DiffmemError, match="bench.json: not valid JSON"):
         build_report(tmp_path)
     assert not (tmp_path / "report.html").exists()
 

@@ -122,30 +122,34 @@ class Capture:
         return False
 
 
+def _run_with_hooks(model: nn.Module, forward, make_hook) -> None:
+    """Run ``forward()`` with ``make_hook(name)`` as a forward hook on every named module, then remove them."""
+    handles = []
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(make_hook(name)))
+        forward()
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def count_calls(model: nn.Module, forward) -> dict[str, int]:
     """Run ``forward()`` once with counting hooks on every named module; return calls per name."""
     counts: dict[str, int] = {}
-    handles = []
 
     def make(name):
         def hook(*_):
             counts[name] = counts.get(name, 0) + 1
         return hook
-    try:
-        for name, module in model.named_modules():
-            if name:
-                handles.append(module.register_forward_hook(make(name)))
-        forward()
-    finally:
-        for h in handles:
-            h.remove()
+    _run_with_hooks(model, forward, make)
     return counts
 
 
 def output_shapes(model: nn.Module, forward) -> dict[str, list[tuple[int, ...]]]:
     """Output shape of every call of every named module during one ``forward()``."""
     shapes: dict[str, list[tuple[int, ...]]] = {}
-    handles = []
 
     def make(name):
         def hook(_m, _i, output):
@@ -154,12 +158,5 @@ def output_shapes(model: nn.Module, forward) -> dict[str, list[tuple[int, ...]]]
             except DiffmemError:
                 shapes.setdefault(name, []).append(())
         return hook
-    try:
-        for name, module in model.named_modules():
-            if name:
-                handles.append(module.register_forward_hook(make(name)))
-        forward()
-    finally:
-        for h in handles:
-            h.remove()
+    _run_with_hooks(model, forward, make)
     return shapes

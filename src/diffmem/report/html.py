@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from diffmem.errors import DiffmemError
+from diffmem.outputs import read_json
 from diffmem.plotting import plt
 
 # section → file names that belong to it (matched on the PNG's name)
@@ -25,15 +25,16 @@ KNOWN_JSON = ("bench.json", "metrics.json", "summary.json", "verify.json", "phas
               "tuning.json")
 
 
+def results_root(root: str | os.PathLike) -> Path:
+    """``root`` as a Path, or one clear error when it is not a folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DiffmemError(f"{root}: no such folder")
+    return root
+
+
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
-def _load(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DiffmemError(f"{path}: corrupt metrics file ({exc})") from None
 
 
 def _layer_bars(tuning: list[dict]) -> bytes:
@@ -82,16 +83,15 @@ def _summary_rows(name: str, data) -> list[tuple[str, str]]:
 
 def build_report(root: str | os.PathLike, out_name: str = "report.html") -> Path:
     """Write ``root/report.html`` and return its path."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DiffmemError(f"{root}: no such folder")
+    root = results_root(root)
     metrics = []
     for path in sorted(root.rglob("*.json")):
         if path.name in KNOWN_JSON:
-            data = _load(path)
-            metrics.append({"file": path.relative_to(root).as_posix(), "rows": _summary_rows(path.name, data)})
+            rows = _summary_rows(path.name, read_json(path))
+            if rows:
+                metrics.append({"file": path.relative_to(root).as_posix(), "rows": rows})
     pngs = sorted(p for p in root.rglob("*.png") if not any(part.startswith(".") for part in p.parts))
-    if not metrics and not pngs:
+    if not metrics and not pngs and not any(root.rglob("tuning.json")):
         raise DiffmemError(f"{root}: no diffmem results (no metrics JSON or figures) to report")
     sections: dict[str, list[dict]] = {name: [] for name in SECTIONS}
     sections["Other figures"] = []
@@ -103,7 +103,7 @@ def build_report(root: str | os.PathLike, out_name: str = "report.html") -> Path
         sections[section].append({"title": p.relative_to(root).as_posix(), "uri": _data_uri(p.read_bytes())})
     for path in sorted(root.rglob("tuning.json")):
         sections["Detection benchmark"].append({"title": f"{path.parent.relative_to(root).as_posix()}/per-layer AUROC",
-                                                "uri": _data_uri(_layer_bars(_load(path)))})
+                                                "uri": _data_uri(_layer_bars(read_json(path)))})
     tables = []
     for path in sorted(root.rglob("bench.md")):
         lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from diffmem.errors import DiffmemError
+from diffmem.outputs import read_json
+from diffmem.report.html import results_root
 
 
 def _flat(obj, prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
@@ -27,19 +28,14 @@ def _flat(obj, prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
 
 def write_index(root: str | os.PathLike, title: str = "diffmem results") -> Path:
     """Write ``root/index.html``: one section per sub-folder with its PNGs, markdown tables and JSON."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DiffmemError(f"{root}: no such folder")
+    root = results_root(root)
     sections = []
     for folder in [root, *sorted(p for p in root.rglob("*") if p.is_dir() and not p.name.startswith("."))]:
         figures = sorted(folder.glob("*.png"))
         tables = sorted(folder.glob("*.md"))
         metrics = []
         for f in sorted(folder.glob("*.json")):
-            try:
-                metrics.append((f.relative_to(root).as_posix(), _flat(json.loads(f.read_text()))[:60]))
-            except json.JSONDecodeError as exc:
-                raise DiffmemError(f"{f}: not valid JSON ({exc})") from None
+            metrics.append((f.relative_to(root).as_posix(), _flat(read_json(f))[:60]))
         if figures or tables or metrics:
             sections.append({"name": folder.relative_to(root).as_posix() or ".",
                              "figures": [p.relative_to(root).as_posix() for p in figures],
