@@ -70,3 +70,12 @@ def test_eval_corrupt_scores_file(tmp_path):
     bad.write_bytes(b"PAR1 garbage")
     code, _, err = cli("eval", bad, "--out", tmp_path / "e")
     assert code == 2 and "not a readable scores table" in err and not (tmp_path / "e").exists()
+
+
+def test_probe_benchmark_reports_every_family(tmp_path):
+    from diffmem.probe.run import bench_probe
+    r = bench_probe(batch_size=2, reps=1, out=tmp_path / "b", quiet=True)
+    assert set(r) == {"unet2d", "stable_diffusion", "dit"}
+    for v in r.values():                       # timings are reported, never asserted on
+        assert v["seconds_full_forward"] > 0 and v["seconds_early_exit"] > 0 and v["ratio"] > 0
+    assert json.loads((tmp_path / "b" / "probe_bench.json").read_text()) == r

@@ -162,3 +162,12 @@ def test_manifest_loader_fuzz(tmp_path, text):
             it.loader()
         except DiffmemError:
             pass
+
+
+def test_fatal_error_before_any_part_leaves_nothing(model_dir, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"")
+    with pytest.raises(DiffmemError, match="a.png: empty file"):
+        scan(load_adapter(model_dir), folder, tmp_path / "out", on_error="fail", quiet=True)
+    assert not (tmp_path / "out").exists()

@@ -6,6 +6,7 @@ Every command takes ``--seed`` and ``--quiet``; commands that write take ``--out
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from typing import Callable
@@ -257,7 +258,7 @@ def _call(args: argparse.Namespace):
     module, name = args.func.split(":")
     fn = getattr(importlib.import_module(module), name)
     kwargs = {k: getattr(args, k) for k in args.keys}
-    params = fn.__code__.co_varnames[:fn.__code__.co_argcount + fn.__code__.co_kwonlyargcount]
+    params = inspect.signature(fn).parameters          # follows decorators' __wrapped__
     if "out" in params:
         kwargs["out"] = getattr(args, "out", None)
     if "quiet" in params:

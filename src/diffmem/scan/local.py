@@ -12,8 +12,10 @@ are stored in ``parts/settings.json``; resuming with different settings is refus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -105,20 +107,20 @@ def scan(adapter: Adapter, images: str | os.PathLike, out: str | os.PathLike, la
     items = iter_inputs(images, adapter.image_size, adapter.image_channels)
     out = Path(out)
     parts = out / "parts"
-    done = _prepare_parts(parts, settings, resume)
     t0, n_new = time.perf_counter(), 0
-    bar = progress(desc="scan", unit="img")
-    chunk: list[Item] = []
-    for item in items:
-        bar.update()
-        if item.index in done:
-            continue
-        chunk.append(item)
-        if len(chunk) >= part_size:
-            n_new += _commit(parts, score_items(adapter, chunk, settings, on_error, batch_size))
-            chunk = []
-    n_new += _commit(parts, score_items(adapter, chunk, settings, on_error, batch_size))
-    bar.close()
+    with committed_parts(out, settings, resume) as done:
+        bar = progress(desc="scan", unit="img")
+        chunk: list[Item] = []
+        for item in items:
+            bar.update()
+            if item.index in done:
+                continue
+            chunk.append(item)
+            if len(chunk) >= part_size:
+                n_new += _commit(parts, score_items(adapter, chunk, settings, on_error, batch_size))
+                chunk = []
+        n_new += _commit(parts, score_items(adapter, chunk, settings, on_error, batch_size))
+        bar.close()
     seconds = time.perf_counter() - t0
     return finalize(out, settings, {"model": str(getattr(adapter, "path", "")), "images": str(images),
                                     "seconds": seconds, "new_rows": n_new})
@@ -150,6 +152,22 @@ def _commit(parts: Path, rows: list[dict]) -> int:
     if rows:
         atomic_write_parquet(pd.DataFrame(rows, columns=COLUMNS), parts / f"part-{rows[0]['index']:09d}.parquet")
     return len(rows)
+
+
+@contextlib.contextmanager
+def committed_parts(out: Path, settings: dict, resume: bool):
+    """Yield the indices already committed under ``out/parts``. If the block fails before any part
+    was ever committed, the folders it created are removed again (nothing written half-way);
+    committed parts are kept for ``--resume``."""
+    created = [p for p in (out, out / "parts") if not p.exists()]
+    done = _prepare_parts(out / "parts", settings, resume)
+    try:
+        yield done
+    except BaseException:
+        if not any((out / "parts").glob("*.parquet")):
+            for p in reversed(created):
+                shutil.rmtree(p, ignore_errors=True)
+        raise
 
 
 def _prepare_parts(parts: Path, settings: dict, resume: bool) -> set:

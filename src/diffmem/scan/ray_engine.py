@@ -15,7 +15,8 @@ import pandas as pd
 
 from diffmem.errors import DiffmemError
 from diffmem.scan.inputs import item_from_record, iter_inputs
-from diffmem.scan.local import COLUMNS, _prepare_parts, atomic_write_parquet, finalize, scan_settings, score_items
+from diffmem.scan.local import (COLUMNS, atomic_write_parquet, committed_parts, finalize, scan_settings,
+                                score_items)
 
 
 def _import_ray():
@@ -61,9 +62,18 @@ def scan_ray(model: str | os.PathLike, images: str | os.PathLike, out: str | os.
     records = [it.record() for it in iter_inputs(images, adapter.image_size, adapter.image_channels)]
     out = Path(out)
     parts = out / "parts"
-    done = _prepare_parts(parts, settings, resume)
-    todo = [r for r in records if r["index"] not in done]
     t0 = time.perf_counter()
+    with committed_parts(out, settings, resume) as done:
+        todo = [r for r in records if r["index"] not in done]
+        _run_pipeline(ray, todo, parts, model, settings, on_error, batch_size, allow_pickle, part_size, workers,
+                      ray_address, quiet)
+    return finalize(out, settings, {"model": str(model), "images": str(images), "engine": "ray", "workers": workers,
+                                    "seconds": time.perf_counter() - t0, "new_rows": len(todo)})
+
+
+def _run_pipeline(ray, todo: list[dict], parts: Path, model, settings: dict, on_error: str, batch_size: int,
+                  allow_pickle: bool, part_size: int, workers: int, ray_address: str | None, quiet: bool) -> None:
+    """Start (or join) Ray, score ``todo`` through the actor pool, and shut a Ray we started down."""
     started = not ray.is_initialized()
     if started:
         import logging
@@ -82,19 +92,11 @@ def scan_ray(model: str | os.PathLike, images: str | os.PathLike, out: str | os.
                                                        "on_error": on_error, "batch_size": batch_size,
                                                        "allow_pickle": allow_pickle, "out_parts": str(parts)})
             ds.materialize()
-    except Exception as exc:  # Ray wraps worker errors; surface ours as one line
-        cause = exc
-        while getattr(cause, "cause", None) is not None or getattr(cause, "__cause__", None) is not None:
-            nxt = getattr(cause, "cause", None) or cause.__cause__
-            if nxt is cause:
-                break
-            cause = nxt
-        if isinstance(cause, DiffmemError) or "DiffmemError" in str(exc):
-            msg = str(cause) if isinstance(cause, DiffmemError) else str(exc).split("DiffmemError: ")[-1].splitlines()[0]
-            raise DiffmemError(msg) from None
-        raise
+    except Exception as exc:  # Ray wraps a worker's DiffmemError: surface it as one line
+        text = str(exc)
+        if "DiffmemError: " not in text:
+            raise
+        raise DiffmemError(text.split("DiffmemError: ")[-1].splitlines()[0]) from None
     finally:
         if started:
             ray.shutdown()
-    return finalize(out, settings, {"model": str(model), "images": str(images), "engine": "ray", "workers": workers,
-                                    "seconds": time.perf_counter() - t0, "new_rows": len(todo)})
