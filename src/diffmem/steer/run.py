@@ -34,9 +34,13 @@ def parse_alphas(text: str) -> list[float]:
     return alphas
 
 
-def resolve_concept(spec: str, adapter, n: int) -> tuple[torch.Tensor, int | None]:
-    """Images of a concept: a Fashion-MNIST class (name or index; its first n test images) or a folder."""
+def resolve_concept(spec: str, adapter, n: int, exclude: int | None = None) -> tuple[torch.Tensor, int | None]:
+    """Images of a concept: a Fashion-MNIST class (name or index; its first n test images), ``rest``
+    (n test images of every class but ``exclude``), or a folder."""
     names = [c.lower() for c in FASHION_MNIST_CLASSES]
+    if spec.lower() == "rest":
+        x, y = fashion_mnist_reference(adapter.image_size, 10_000)
+        return x[torch.from_numpy(y != exclude)][:n], None
     if spec.lower() in names or spec.isdigit():
         k = names.index(spec.lower()) if spec.lower() in names else int(spec)
         check(0 <= k < len(names), f"concept {spec!r}: unknown class (0–9 or one of {', '.join(FASHION_MNIST_CLASSES)})")
@@ -55,6 +59,8 @@ def _metrics(images: list[torch.Tensor], alphas: list[float], probs: np.ndarray 
            "output_change_per_unit_by_alpha": change}
     steps = np.stack([(images[i + 1] - images[i]).flatten(1).norm(dim=1).numpy() for i in range(len(alphas) - 1)], 1)
     out["largest_pixel_step"] = float(steps.max(1).mean())
+    # share of a sample's whole path (Σ of steps) taken in its single largest step: 1 = one jump
+    out["pixel_jump_fraction"] = float((steps.max(1) / np.maximum(steps.sum(1), 1e-12)).mean())
     if probs is not None:
         d = np.diff(probs, axis=1)
         out.update({"attribute_curve": probs.mean(0).tolist(),
@@ -65,10 +71,15 @@ def _metrics(images: list[torch.Tensor], alphas: list[float], probs: np.ndarray 
 
 
 def run_steer(out: str | os.PathLike, model: str | os.PathLike | None = None, concept: str = "Trouser",
-              negative: str | None = None, alphas: str = "0,0.5,1,1.5,2,3", samples: str = "memorized,generalized",
-              n_per_group: int = 6, pool_size: int = 300, steps: int = 40, window: str = "18:38",
+              negative: str | None = "rest", alphas: str = "0,0.25,0.5,0.75,1,1.25,1.5,2",
+              samples: str = "memorized,generalized",
+              n_per_group: int = 6, pool_size: int = 300, steps: int = 40, window: str = "0:20",
               guidance: float = 1.0, t: float = 10, n_concept: int = 50, seed: int = 0, quiet: bool = False) -> dict:
-    """Fit a concept vector, steer memorized and generalized samples, write ``steer.json`` + ``steer_grid.png``."""
+    """Fit a concept vector, steer memorized and generalized samples, write ``steer.json`` + ``steer_grid.png``.
+
+    Defaults suit the shipped 16×16 model: mean(concept) − mean(other classes), steps 0–20 of 40
+    (class shape is decided early there; the paper's SD recipe is ``negative=None, window="18:38"``).
+    """
     groups = [g.strip() for g in samples.split(",") if g.strip()]
     check(groups and set(groups) <= set(GROUPS), f"--samples {samples!r}: a list of {', '.join(GROUPS)}")
     alpha_list = parse_alphas(alphas)
@@ -76,7 +87,8 @@ def run_steer(out: str | os.PathLike, model: str | os.PathLike | None = None, co
     win = parse_window(window, steps)
     pos, target = resolve_concept(concept, adapter, n_concept)
     check(len(pos) > 0, f"concept {concept!r}: no images")
-    neg = resolve_concept(negative, adapter, n_concept)[0] if negative else None
+    negative = None if negative in (None, "", "none") else negative
+    neg = resolve_concept(negative, adapter, n_concept, exclude=target)[0] if negative else None
     cv = ConceptVector(adapter, t=t, mode="mean_diff" if negative else "mean", seed=seed).fit(
         pos, neg, cond=target if target is not None and adapter.null_class is not None else None)
     # candidates: samples of other classes, labelled exactly against the training set
