@@ -86,7 +86,9 @@ def test_ray_engine_equals_local_engine(model_dir, tmp_path):
     from diffmem.probe.run import run_scan
     folder = write_pngs(tmp_path / "imgs", 40)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
-    local = run_scan(model_dir, folder, tmp_path / "local", batch_size=8, part_size=16, seed=2, quiet=True)
+    # one thread, like each Ray worker: kernels then reduce in the same order
+    local = run_scan(model_dir, folder, tmp_path / "local", batch_size=8, part_size=16, seed=2, threads=1,
+                     quiet=True)
     ray = run_scan(model_dir, folder, tmp_path / "ray", batch_size=8, part_size=16, seed=2, engine="ray",
                    workers=2, quiet=True)
     a, b = pd.read_parquet(tmp_path / "local" / "scores.parquet"), pd.read_parquet(tmp_path / "ray" / "scores.parquet")

@@ -133,10 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="ray: model actors (one CPU thread each)")
     p.add_argument("--ray-address", default=None, help="ray: an existing cluster (default: start a local Ray)")
     p.add_argument("--part-size", type=int, default=256, help="inputs per committed Parquet part")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the local process or of each Ray worker (default: all / 1)")
     _common(p)
     p.set_defaults(func="diffmem.probe.run:run_scan",
                    keys=("model", "images", "layer", "t", "pool", "batch_size", "repeats", "seed", "on_error",
-                         "resume", "allow_pickle", "engine", "workers", "ray_address", "part_size"))
+                         "resume", "allow_pickle", "engine", "workers", "ray_address", "part_size", "threads"))
 
     p = _sub(subs, "eval", "AUROC and TPR at 1%% FPR (both conventions) with bootstrap CIs, ROC and "
              "score-density plots", "diffmem eval out/scan/scores.parquet --labels labels.csv --out out/eval")

@@ -26,9 +26,13 @@ def run_scan(model: str | os.PathLike, images: str | os.PathLike, out: str | os.
              layer: str | None = None, t: float | None = None, pool: str | None = None, batch_size: int = 32,
              repeats: int = 1, seed: int = 0, on_error: str = "skip", resume: bool = False,
              allow_pickle: bool = False, engine: str = "local", workers: int = 2, ray_address: str | None = None,
-             part_size: int = 256, quiet: bool = False) -> dict:
+             part_size: int = 256, threads: int | None = None, quiet: bool = False) -> dict:
     """Load ``model`` and scan ``images`` into ``out`` (see :func:`diffmem.scan.scan`) with the local
-    engine, or with Ray Data (``engine="ray"``, ``workers`` actors, optional ``ray_address``)."""
+    engine, or with Ray Data (``engine="ray"``, ``workers`` actors, optional ``ray_address``).
+
+    ``threads``: torch threads of the local process, or of each Ray worker (default: all cores
+    locally, 1 per worker). Kernels reduce in a thread-count-dependent order, so the two engines
+    give bit-identical tables when their thread counts match."""
     from diffmem.scan import scan
     from diffmem.errors import check
     check(engine in ("local", "ray"), f"--engine {engine!r}: 'local' or 'ray'")
@@ -37,16 +41,22 @@ def run_scan(model: str | os.PathLike, images: str | os.PathLike, out: str | os.
         check(workers >= 1, f"--workers {workers}: must be >= 1")
         return scan_ray(model, images, out, layer=layer, t=t, pool=pool, batch_size=batch_size, repeats=repeats,
                         seed=seed, on_error=on_error, resume=resume, workers=workers, ray_address=ray_address,
-                        allow_pickle=allow_pickle, part_size=part_size, quiet=quiet)
-    adapter = load_adapter(model, allow_pickle=allow_pickle)
-    return scan(adapter, images, out, layer=layer, t=t, pool=pool, batch_size=batch_size, repeats=repeats,
-                seed=seed, on_error=on_error, resume=resume, part_size=part_size, quiet=quiet)
+                        allow_pickle=allow_pickle, part_size=part_size, threads=threads or 1, quiet=quiet)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        adapter = load_adapter(model, allow_pickle=allow_pickle)
+        return scan(adapter, images, out, layer=layer, t=t, pool=pool, batch_size=batch_size, repeats=repeats,
+                    seed=seed, on_error=on_error, resume=resume, part_size=part_size, quiet=quiet)
+    finally:
+        torch.set_num_threads(before)
 
 
 def bench_scan(n_images: int = 512, batch_size: int = 32, model: str | os.PathLike | None = None, seed: int = 0,
                out: str | os.PathLike | None = None, quiet: bool = False) -> dict:
-    """Images per second of the local engine (all threads) and of Ray with 1 and 2 workers (one thread
-    each), same inputs and settings, one run, on the shipped hybrid model; ``scan_bench.json``."""
+    """Images per second of the local engine and of Ray with 1 and 2 workers, one thread per process
+    (so all three tables are bit-identical), same inputs and settings, one run, on the shipped
+    hybrid model; ``scan_bench.json``."""
     import shutil
     import numpy as np
     from PIL import Image
@@ -59,7 +69,7 @@ def bench_scan(n_images: int = 512, batch_size: int = 32, model: str | os.PathLi
         rng = np.random.default_rng(seed)
         for i in range(n_images):
             Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(f"{folder}/{i:05d}.png")
-        runs = {"local": {"engine": "local"}, "ray_1_worker": {"engine": "ray", "workers": 1},
+        runs = {"local": {"engine": "local", "threads": 1}, "ray_1_worker": {"engine": "ray", "workers": 1},
                 "ray_2_workers": {"engine": "ray", "workers": 2}}
         tables = {}
         for name, kw in runs.items():

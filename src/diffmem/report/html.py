@@ -76,8 +76,10 @@ def _summary_rows(name: str, data) -> list[tuple[str, str]]:
             rows.append((f"{g}", ", ".join(f"{k} {fmt(v)}" for k, v in d.items()
                                            if isinstance(v, (int, float)) and not isinstance(v, bool))))
     for k, v in data.items():
-        if isinstance(v, (int, float, str, bool)) and len(rows) < 40:
-            rows.append((k, fmt(v)))
+        items = v.items() if isinstance(v, dict) and k not in ("methods", "regimes", "groups") else [(None, v)]
+        for k2, v2 in items:
+            if isinstance(v2, (int, float, str, bool)) and len(rows) < 40:
+                rows.append((k if k2 is None else f"{k}.{k2}", fmt(v2)))
     return rows
 
 

@@ -29,12 +29,12 @@ def _import_ray():
 
 
 class _ScanWorker:
-    """One model per actor process, one thread each (workers share the machine's cores)."""
+    """One model per actor process, ``threads`` torch threads each (1: workers share the cores)."""
 
     def __init__(self, model: str, settings: dict, on_error: str, batch_size: int, allow_pickle: bool,
-                 out_parts: str):
+                 out_parts: str, threads: int):
         import torch
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
         from diffmem.models import load_adapter
         self.adapter = load_adapter(model, allow_pickle=allow_pickle)
         self.settings, self.on_error, self.batch_size = settings, on_error, batch_size
@@ -53,7 +53,7 @@ class _ScanWorker:
 def scan_ray(model: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike, layer: str | None = None,
              t: float | None = None, pool: str | None = None, batch_size: int = 32, repeats: int = 1, seed: int = 0,
              on_error: str = "skip", resume: bool = False, workers: int = 2, ray_address: str | None = None,
-             allow_pickle: bool = False, part_size: int = 256, quiet: bool = False) -> dict:
+             allow_pickle: bool = False, part_size: int = 256, threads: int = 1, quiet: bool = False) -> dict:
     """Scan with Ray Data; same outputs as :func:`diffmem.scan.scan`."""
     from diffmem.models import load_adapter
     ray = _import_ray()
@@ -66,13 +66,14 @@ def scan_ray(model: str | os.PathLike, images: str | os.PathLike, out: str | os.
     with committed_parts(out, settings, resume) as done:
         todo = [r for r in records if r["index"] not in done]
         _run_pipeline(ray, todo, parts, model, settings, on_error, batch_size, allow_pickle, part_size, workers,
-                      ray_address, quiet)
+                      ray_address, threads, quiet)
     return finalize(out, settings, {"model": str(model), "images": str(images), "engine": "ray", "workers": workers,
                                     "seconds": time.perf_counter() - t0, "new_rows": len(todo)})
 
 
 def _run_pipeline(ray, todo: list[dict], parts: Path, model, settings: dict, on_error: str, batch_size: int,
-                  allow_pickle: bool, part_size: int, workers: int, ray_address: str | None, quiet: bool) -> None:
+                  allow_pickle: bool, part_size: int, workers: int, ray_address: str | None, threads: int,
+                  quiet: bool) -> None:
     """Start (or join) Ray, score ``todo`` through the actor pool, and shut a Ray we started down."""
     started = not ray.is_initialized()
     if started:
@@ -90,7 +91,8 @@ def _run_pipeline(ray, todo: list[dict], parts: Path, model, settings: dict, on_
                                 concurrency=workers,
                                 fn_constructor_kwargs={"model": str(model), "settings": settings,
                                                        "on_error": on_error, "batch_size": batch_size,
-                                                       "allow_pickle": allow_pickle, "out_parts": str(parts)})
+                                                       "allow_pickle": allow_pickle, "out_parts": str(parts),
+                                                       "threads": threads})
             ds.materialize()
     except Exception as exc:  # Ray wraps a worker's DiffmemError: surface it as one line
         text = str(exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -103,35 +104,46 @@ def run_steer(out: str | os.PathLike, model: str | os.PathLike | None = None, co
               "steps": steps, "window": list(win), "guidance": guidance, "t": t, "layers": cv.layers,
               "mode": cv.mode, "seed": seed, "model": str(adapter.path), "candidates": pool_size,
               "classifier_test_accuracy": None if cmeta is None else cmeta["test_accuracy"], "groups": {}}
-    rows, timing = [], {"plain": 0.0, "steered": 0.0}
+    rows = []
     for g, idx in chosen.items():
         if len(idx) == 0:
             result["groups"][g] = {"n": 0}
             continue
         c = [cand_classes[i] for i in idx]
-        t0 = time.perf_counter()
         plain = sample(adapter, len(idx), c, guidance, steps, seed=seed, indices=idx, quiet=True)
-        timing["plain"] += time.perf_counter() - t0
         imgs = []
         for a in progress(alpha_list, desc=f"steer {g}"):
-            t0 = time.perf_counter()
             with steering(adapter, cv.vectors_, a, win, cfg_batch=guidance != 1.0):
                 imgs.append(sample(adapter, len(idx), c, guidance, steps, seed=seed, indices=idx, quiet=True))
-            if a > 0:
-                timing["steered"] += (time.perf_counter() - t0) / (len(alpha_list) - 1)
         probs = None if classifier is None else np.stack(
             [class_probability(classifier, im, target, cmeta["size"]) for im in imgs], 1)
         result["groups"][g] = {**_metrics(imgs, alpha_list, probs), "sample_indices": idx.tolist(),
                                "ratio": lab["ratio"][idx].tolist(),
                                "alpha0_equals_unsteered": bool(torch.equal(imgs[0], plain))}
         rows += [(g, i, [im[j] for im in imgs]) for j, i in enumerate(idx)]
-    result["overhead_ratio"] = timing["steered"] / timing["plain"] if timing["plain"] else None
+    all_idx = np.concatenate([i for i in chosen.values()]) if rows else np.arange(min(8, pool_size))
+    result["overhead_ratio"] = _overhead(adapter, cv.vectors_, alpha_list[-1], win, all_idx,
+                                         [cand_classes[i] for i in all_idx], guidance, steps, seed)
     with output_dir(out) as tmp:
         write_json(tmp / "steer.json", result)
         if rows:
             _grid(rows, alpha_list, tmp / "steer_grid.png")
         cv.save(tmp / "concept")
     return result
+
+
+def _overhead(adapter, vectors, alpha, win, idx, classes, guidance, steps, seed, reps: int = 5) -> float:
+    """Median steered / median unsteered sampling time of the same samples, runs interleaved."""
+    times = {"plain": [], "steered": []}
+    for _ in range(reps):
+        for kind in times:
+            t0 = time.perf_counter()
+            ctx = steering(adapter, vectors, alpha, win, cfg_batch=guidance != 1.0) if kind == "steered" \
+                else contextlib.nullcontext()
+            with ctx:
+                sample(adapter, len(idx), classes, guidance, steps, seed=seed, indices=idx, quiet=True)
+            times[kind].append(time.perf_counter() - t0)
+    return float(np.median(times["steered"]) / np.median(times["plain"]))
 
 
 def _grid(rows, alphas, path):
