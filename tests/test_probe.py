@@ -177,7 +177,7 @@ def test_scan_32_images_written_reread_and_reproducible(tiny, family, tmp_path):
     a = load_adapter(tiny[family])
     folder = write_pngs(tmp_path / "imgs", 32)
     s1 = scan(a, folder, tmp_path / "o1", batch_size=8, seed=5, quiet=True)
-    s2 = scan(a, folder, tmp_path / "o2", batch_size=5, seed=5, quiet=True)
+    scan(a, folder, tmp_path / "o2", batch_size=5, seed=5, quiet=True)
     df1 = pd.read_parquet(tmp_path / "o1" / "scores.parquet")
     df2 = pd.read_parquet(tmp_path / "o2" / "scores.parquet")
     assert len(df1) == 32 and df1["error"].isna().all()

@@ -52,7 +52,7 @@ def test_report_errors(tmp_path):
 @pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="headless Chromium test skipped: chromium/chromedriver "
                     "not installed (apt-get install chromium chromium-driver; `make test` does this where apt exists)")
 def test_report_in_headless_chromium(results, tmp_path):
-    selenium = pytest.importorskip("selenium", reason="selenium not installed (pip install -e '.[test]')")
+    pytest.importorskip("selenium", reason="selenium not installed (pip install -e '.[test]')")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     path = build_report(results)
@@ -86,4 +86,3 @@ def test_report_in_headless_chromium(results, tmp_path):
     from PIL import Image
     px = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert px.std() > 10 and (px < 128).mean() > 0.005     # not a blank page
-    del selenium

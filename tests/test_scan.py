@@ -1,7 +1,5 @@
 """Resumable scans (SIGKILL at several points), the Ray engine, and a corpus of bad inputs."""
 
-import json
-import os
 import signal
 import struct
 import subprocess
