@@ -19,7 +19,10 @@ def image_models(images: torch.Tensor, n_small: int, n_large: int, p: int, sigma
     training images (uncentred images all share a background, so every unit would fire on every
     image and the stored-sample structure of the theory would be hidden). Both models get p units; with
     n_small ≤ p the first stores individual images, with n_large ≫ p the second learns
-    principal directions. Returns per-model statistics and the models with their data.
+    principal directions. The default noise is large (σ = 5 per pixel, images in [-1, 1]): at
+    small σ a few-image model reconstructs its images equally well with mixed columns, and only
+    strong noise makes units selective (measured: mean best column–image cosine 0.61 at σ = 0.2,
+    0.91 at σ = 5, 16 images, 16 units). Returns per-model statistics and the models with their data.
     """
     check_hyper(sigma, lam, p)
     check(images.ndim == 4, f"images: expected (N, C, H, W), got shape {tuple(images.shape)}")

@@ -41,7 +41,7 @@ def run_phase(out: str | os.PathLike, n_per_cluster=(1, 2, 4, 8, 16, 32, 64), un
 
 
 def run_weights(out: str | os.PathLike, data: str = "fashion-mnist", n: int = 16, n_large: int = 2000,
-                p: int = 32, sigma: float = 0.2, lam: float = 1e-4, steps: int = 2000, seed: int = 0,
+                p: int = 16, sigma: float = 5.0, lam: float = 0.1, steps: int = 3000, seed: int = 0,
                 quiet: bool = False) -> dict:
     """``DIR/weights.json`` + weight-column images and representation bars for both models."""
     x = torch.from_numpy(load_images(data, limit=max(n, n_large) + 256))
