@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from diffmem.errors import check
+from diffmem.neighbours import COPY_RATIO, nearest_two
 from diffmem.outputs import progress
 
 SIGMA_MIN, SIGMA_MAX = 0.02, 2.0
@@ -96,17 +97,9 @@ def nearest_neighbours(samples: torch.Tensor, train: torch.Tensor) -> dict[str, 
     """
     tn = train / train.norm(dim=1, keepdim=True).clamp_min(1e-12)
     sn = samples / samples.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    cos = sn @ tn.T                                                       # (n, N)
-    uniq = torch.unique(train, dim=0)
-    dist = torch.cdist(samples.double(), uniq.double())                   # (n, N_distinct)
-    two = dist.topk(min(2, dist.shape[1]), dim=1, largest=False).values
-    d2 = two[:, 1] if two.shape[1] > 1 else torch.full_like(two[:, 0], float("inf"))
-    best = cos.max(dim=1)
-    return {"index": best.indices, "cosine": best.values, "d1": two[:, 0], "d2": d2,
-            "ratio": two[:, 0] / d2}
-
-
-COPY_RATIO = 1.0 / 3.0  # memorized when d1/d2 < 1/3 (Yoon et al.; Gu et al.; Bonnaire et al.)
+    best = (sn @ tn.T).max(dim=1)                                         # cosine to every row
+    _, d1, d2 = (torch.from_numpy(a) for a in nearest_two(samples, torch.unique(train, dim=0)))
+    return {"index": best.indices, "cosine": best.values, "d1": d1, "d2": d2, "ratio": d1 / d2}
 
 
 def copy_fraction(nn: dict[str, torch.Tensor]) -> float:
