@@ -116,3 +116,20 @@ def test_sample_command_writes_labelled_manifest(tiny_bench_model, tmp_path):
     assert {"nearest", "ratio", "memorized", "label"} <= set(rows[0]) and (tmp_path / "s" / rows[0]["path"]).exists()
     assert main(["sample", str(tiny_bench_model), "--classes", "12", "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_shipped_subset_matches_the_debian_package(monkeypatch, tmp_path):
+    """The demo must run without Fashion-MNIST installed: the shipped subset stands in, pixel for pixel."""
+    import diffmem.bench.data as data
+    rec = json.loads((data.ASSETS / "bench" / "hybrid" / "diffmem.json").read_text())
+    picks = rec["indices"][:5] + rec["indices"][-3:]
+    real = data.fashion_mnist_train(picks, 16) if data.FASHION_MNIST_DIR.is_dir() else None
+    real_ref, real_y = data.fashion_mnist_reference(16, 20) if real is not None else (None, None)
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "absent")
+    sub = data.fashion_mnist_train(picks, 16)
+    ref, y = data.fashion_mnist_reference(16, 20)
+    assert sub.shape == (8, 1, 16, 16) and ref.shape == (20, 1, 16, 16) and y.shape == (20,)
+    if real is not None:
+        assert torch.equal(sub, real) and torch.equal(ref, real_ref) and (y == real_y).all()
+    with pytest.raises(DiffmemError, match="lacks"):
+        data.fashion_mnist_train([59_999 if 59_999 not in rec["indices"] else 59_998], 16)
