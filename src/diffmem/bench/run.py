@@ -15,15 +15,13 @@ from diffmem.bench.baselines import Batch, Setting, methods
 from diffmem.bench.dataset import load_source
 from diffmem.bench.data import ASSETS, fashion_mnist_reference, fashion_mnist_train
 from diffmem.bench.labels import COPY_RATIO, label_samples
-from diffmem.detect.detector import candidate_layers, image_keys
+from diffmem.detect.detector import image_keys, select_layer
 from diffmem.detect.evaluate import plot_kde, plot_roc
 from diffmem.detect.metrics import auroc, evaluate
 from diffmem.errors import DiffmemError, check
 from diffmem.models import load_adapter
 from diffmem.outputs import output_dir, progress, write_json
 from diffmem.plotting import plt, save, show_images
-from diffmem.probe.pooling import pool as pool_fn
-from diffmem.probe.represent import capture_layers, generators
 from diffmem.probe.sampling import sample as sample_fn
 
 HYBRID = ASSETS / "bench" / "hybrid"
@@ -108,21 +106,13 @@ def _split(y: np.ndarray, frac: float, seed: int) -> np.ndarray:
     return calib
 
 
-@torch.no_grad()
-def tune_spikiness(adapter, x: torch.Tensor, y: np.ndarray, keys: list[str], seed: int,
-                   ts=T_CANDIDATES, pool: str | None = None, batch_size: int = 256) -> list[dict]:
-    """AUROC of std(pooled layer) for every candidate layer × timestep on a calibration set."""
-    pool = pool or adapter.default_pool
-    layers = candidate_layers(adapter)
-    rows = []
-    for t in progress(ts, desc="tune layer/t"):
-        scores = {c: [] for c in layers}
-        for i in range(0, len(x), batch_size):
-            acts = capture_layers(adapter, x[i:i + batch_size], layers, t, generators(seed, keys[i:i + batch_size]),
-                                  early_exit=False)
-            for c in layers:
-                scores[c].append(pool_fn(acts[c].float(), pool).double().std(dim=1, unbiased=False).numpy())
-        rows += [{"layer": c, "t": t, "auroc": auroc(np.concatenate(scores[c]), y)} for c in layers]
+def tune_spikiness(adapter, x: torch.Tensor, y: np.ndarray, seed: int, ts=T_CANDIDATES,
+                   batch_size: int = 256) -> list[dict]:
+    """AUROC of std(pooled layer) for every candidate layer × timestep on a calibration set
+    (:func:`~diffmem.detect.detector.select_layer` at each t), best first."""
+    pos, neg = x[torch.from_numpy(y == 1)], x[torch.from_numpy(y == 0)]
+    rows = [{**r, "t": t} for t in progress(ts, desc="tune layer/t")
+            for r in select_layer(adapter, pos, neg, t=t, seed=seed, batch_size=batch_size)]
     return sorted(rows, key=lambda r: -r["auroc"])
 
 
@@ -148,7 +138,7 @@ def run_bench(out: str | os.PathLike, model: str | os.PathLike | None = None, qu
           f"only {int(y.sum())} memorized and {int((1 - y).sum())} generalized samples: too few to evaluate")
     keys = image_keys(x)
     calib = _split(y, calib_frac, seed)
-    tuning = tune_spikiness(adapter, x[calib], y[calib], [k for k, c in zip(keys, calib) if c], seed)
+    tuning = tune_spikiness(adapter, x[calib], y[calib], seed)
     best = tuning[0]
     setting = Setting(best["layer"], best["t"], adapter.default_pool, seed)
     reference = _reference_images(adapter)
