@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--column", default="score", help="score column to evaluate")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     _common(p)
-    p.set_defaults(func="diffmem.detect.evaluate:run_eval", keys=("scores", "labels", "column", "n_boot", "seed"))
+    p.set_defaults(func="diffmem.detect.evaluation:run_eval", keys=("scores", "labels", "column", "n_boot", "seed"))
 
     p = _sub(subs, "train", "train a class-conditional UNet2DModel on N distinct images plus duplicated ones",
              "diffmem train --distinct 2000 --dup 10x100,20x40 --steps 6000 --out models/hybrid")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from diffmem.bench.run import HYBRID, run_bench, run_sample
-from diffmem.detect.evaluate import run_eval
+from diffmem.detect.evaluation import run_eval
 from diffmem.probe.run import run_scan
 from diffmem.report import build_report, write_index
 from diffmem.steer.run import run_steer

@@ -16,7 +16,7 @@ from diffmem.bench.dataset import load_source
 from diffmem.bench.data import ASSETS, fashion_mnist_reference, fashion_mnist_train
 from diffmem.bench.labels import COPY_RATIO, label_samples
 from diffmem.detect.detector import image_keys, select_layer
-from diffmem.detect.evaluate import plot_kde, plot_roc
+from diffmem.detect.evaluation import plot_kde, plot_roc
 from diffmem.detect.metrics import auroc, evaluate
 from diffmem.errors import DiffmemError, check
 from diffmem.models import load_adapter
