@@ -21,8 +21,7 @@ import torch
 
 from diffmem.bench.labels import nearest_two
 from diffmem.probe.adapters import Adapter, gaussian_like
-from diffmem.probe.pooling import pool as pool_fn
-from diffmem.probe.represent import capture_layers, generators, noise_seed, spikiness
+from diffmem.probe.represent import generators, noise_seed, represent, spikiness
 from diffmem.probe.sampling import guided_eps
 
 
@@ -84,14 +83,13 @@ def methods(adapter: Adapter, setting: Setting, reference: torch.Tensor, train: 
         return -(pred - eps).flatten(1).pow(2).sum(1).double().numpy()
 
     ref_keys = [f"reference{i}" for i in range(len(reference))]
-    ref = torch.cat([pool_fn(capture_layers(adapter, reference[i:i + 256], [s.layer], s.t,
-                                            generators(s.seed, ref_keys[i:i + 256]))[s.layer].float(), s.pool)
+    ref = torch.cat([represent(adapter, reference[i:i + 256], [s.layer], s.t, s.pool,
+                               generators(s.seed, ref_keys[i:i + 256]))[s.layer]
                      for i in range(0, len(reference), 256)]).double()
     mu, sd = ref.mean(0), ref.std(0).clamp_min(1e-6)
 
     def nemo(b: Batch):
-        v = pool_fn(capture_layers(adapter, b.x, [s.layer], s.t, generators(s.seed, b.keys))[s.layer].float(),
-                    s.pool).double()
+        v = represent(adapter, b.x, [s.layer], s.t, s.pool, generators(s.seed, b.keys))[s.layer].double()
         return ((v - mu) / sd).amax(dim=1).numpy()
 
     def oracle(b: Batch):

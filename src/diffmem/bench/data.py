@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from diffmem.data.images import FASHION_MNIST_DIR, load_fashion_mnist, to_model_range
+from diffmem.data.images import FASHION_MNIST_DIR, load_fashion_mnist, resize_area, to_model_range
 from diffmem.errors import DiffmemError, check
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -22,17 +21,12 @@ SUBSET = ASSETS / "fashion_mnist_subset.npz"
 N_REFERENCE = 1000
 
 
-def _resize(x: np.ndarray, size: int) -> torch.Tensor:
-    t = torch.from_numpy(x)
-    return F.interpolate(t, size=(size, size), mode="area") if t.shape[-1] != size else t
-
-
 def fashion_mnist_train(indices, size: int) -> torch.Tensor:
     """Training-split images at ``indices`` as (N, 1, size, size) in [-1, 1] (area-resized)."""
     indices = np.asarray(indices, dtype=np.int64)
     if FASHION_MNIST_DIR.is_dir():
         x, _ = load_fashion_mnist("train")
-        return _resize(x[indices], size)
+        return resize_area(torch.from_numpy(x[indices]), size)
     check(SUBSET.exists(), f"{FASHION_MNIST_DIR}: Fashion-MNIST not installed and no shipped subset")
     z = np.load(SUBSET)
     pos = {int(i): k for k, i in enumerate(z["train_indices"])}
@@ -40,17 +34,17 @@ def fashion_mnist_train(indices, size: int) -> torch.Tensor:
     if missing:
         raise DiffmemError(f"{SUBSET}: lacks {len(missing)} requested training images; install "
                            f"dataset-fashion-mnist")
-    return _resize(to_model_range(z["train_images"][[pos[int(i)] for i in indices]])[:, None], size)
+    return resize_area(torch.from_numpy(to_model_range(z["train_images"][[pos[int(i)] for i in indices]])[:, None]), size)
 
 
 def fashion_mnist_reference(size: int, n: int = N_REFERENCE) -> tuple[torch.Tensor, np.ndarray]:
     """The first n test-split images (never trained on) as (n, 1, size, size) in [-1, 1], and labels."""
     if FASHION_MNIST_DIR.is_dir():
         x, y = load_fashion_mnist("test")
-        return _resize(x[:n], size), y[:n]
+        return resize_area(torch.from_numpy(x[:n]), size), y[:n]
     check(SUBSET.exists(), f"{FASHION_MNIST_DIR}: Fashion-MNIST not installed and no shipped subset")
     z = np.load(SUBSET)
-    return _resize(to_model_range(z["test_images"][:n])[:, None], size), z["test_labels"][:n].astype(np.int64)
+    return resize_area(torch.from_numpy(to_model_range(z["test_images"][:n])[:, None]), size), z["test_labels"][:n].astype(np.int64)
 
 
 def build_subset(records: list[dict], out: Path = SUBSET) -> Path:

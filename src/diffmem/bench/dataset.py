@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from diffmem.data import load_fashion_mnist, load_images
+from diffmem.data.images import resize_area
 from diffmem.errors import check
 
 
@@ -37,9 +37,7 @@ def load_source(source: str, size: int) -> tuple[np.ndarray, np.ndarray | None]:
         x, y = load_fashion_mnist("train")
     else:
         x, y = load_images(source), None
-    if x.shape[-1] != size:
-        x = F.interpolate(torch.from_numpy(x), size=(size, size), mode="area").numpy()
-    return x.astype(np.float32), y
+    return resize_area(torch.from_numpy(x), size).numpy().astype(np.float32), y
 
 
 def build_training_set(images: np.ndarray, labels: np.ndarray | None, distinct: int,

@@ -8,6 +8,8 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from diffmem.errors import DiffmemError
@@ -19,6 +21,11 @@ FASHION_MNIST_CLASSES = (
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MAX_PIXELS = 64_000_000  # refuse decompression bombs rather than exhausting memory
+
+
+def resize_area(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Images (N, C, H, W) area-resized to size × size (unchanged when already that size)."""
+    return x if x.shape[-1] == size and x.shape[-2] == size else F.interpolate(x, size=(size, size), mode="area")
 
 
 def to_model_range(pixels: np.ndarray) -> np.ndarray:
@@ -136,11 +143,7 @@ def load_images(source: str | os.PathLike, size: int | None = None, channels: in
     if src in ("fashion-mnist", "fashion-mnist:train", "fashion-mnist:test"):
         x, _ = load_fashion_mnist("test" if src.endswith(":test") else "train")
         x = x[:limit] if limit else x
-        if size is not None and size != x.shape[-1]:
-            import torch
-            import torch.nn.functional as F
-            x = F.interpolate(torch.from_numpy(x), size=(size, size), mode="area").numpy()
-        return x
+        return x if size is None else resize_area(torch.from_numpy(x), size).numpy()
     path = Path(src)
     if path.suffix == ".npy":
         if not path.is_file():

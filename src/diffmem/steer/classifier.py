@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffmem.data.images import resize_area
 from diffmem.errors import DiffmemError, check
 from diffmem.outputs import output_dir, progress
 
@@ -41,7 +42,7 @@ def train_classifier(out: str | os.PathLike, size: int = 16, epochs: int = 3, ba
     from diffmem.data.images import load_fashion_mnist
     x, y = load_fashion_mnist("train")
     xt, yt = load_fashion_mnist("test")
-    resize = lambda a: F.interpolate(torch.from_numpy(a), size=(size, size), mode="area")  # noqa: E731
+    resize = lambda a: resize_area(torch.from_numpy(a), size)  # noqa: E731
     X, Y, XT, YT = resize(x), torch.from_numpy(y), resize(xt), torch.from_numpy(yt)
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -87,6 +88,5 @@ def load_classifier(path: str | os.PathLike = CLASSIFIER) -> tuple[SmallCNN, dic
 def class_probability(model: SmallCNN, x: torch.Tensor, target: int, size: int) -> np.ndarray:
     """P(target | x) for images x (N, 1, H, W) in [-1, 1], resized to the classifier's size."""
     check(x.shape[1] == 1, "classifier: expects 1-channel images")
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="area")
+    x = resize_area(x, size)
     return torch.softmax(model(x.float()), dim=1)[:, target].double().numpy()

@@ -12,8 +12,7 @@ import torch
 from diffmem.detect.detector import image_keys
 from diffmem.errors import DiffmemError, check
 from diffmem.probe.adapters import Adapter
-from diffmem.probe.pooling import pool as pool_fn
-from diffmem.probe.represent import capture_layers, generators
+from diffmem.probe.represent import generators, represent
 
 MODES = ("mean", "mean_diff")
 
@@ -57,10 +56,10 @@ class ConceptVector:
         for i in range(0, len(images), self.batch_size):
             x = images[i:i + self.batch_size]
             cond = None if cond_value is None else self.adapter.condition([cond_value] * len(x))
-            acts = capture_layers(self.adapter, x, self.layers, self.t, generators(self.seed, keys[i:i + len(x)]),
-                                  cond=cond)
+            vecs = represent(self.adapter, x, self.layers, self.t, self.pool,
+                             generators(self.seed, keys[i:i + len(x)]), cond=cond)
             for name in self.layers:
-                v = pool_fn(acts[name].float(), self.pool).double().sum(0)
+                v = vecs[name].double().sum(0)
                 sums[name] = sums.get(name, 0) + v
         return {k: v / len(images) for k, v in sums.items()}
 
