@@ -27,8 +27,9 @@ def results(tmp_path_factory):
     assert main(["theory", "phase", "--n-per-cluster", "1,4", "--units", "4", "--steps", "20", "--quiet",
                  "--out", str(root / "theory")]) == 0
     (root / "bench").mkdir()
-    (root / "bench" / "tuning.json").write_text(json.dumps([{"layer": "mid_block", "t": 10, "auroc": 0.9},
-                                                            {"layer": "up_blocks.0", "t": 50, "auroc": 0.7}]))
+    cands = [{"setting": {"layer": "mid_block", "t": 10}, "key": "layer=mid_block,t=10", "auroc": 0.9},
+             {"setting": {"layer": "up_blocks.0", "t": 50}, "key": "layer=up_blocks.0,t=50", "auroc": 0.2}]
+    (root / "bench" / "tuning.json").write_text(json.dumps({"0": {"spikiness": {"candidates": cands}}}))
     return root
 
 

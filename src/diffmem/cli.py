@@ -135,10 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part-size", type=int, default=256, help="inputs per committed Parquet part")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of the local process or of each Ray worker (default: all / 1)")
+    p.add_argument("--detector", default=None, metavar="DIR",
+                   help="a detector saved by `diffmem bench` (its DIR/detector): score and flag with it")
     _common(p)
     p.set_defaults(func="diffmem.probe.run:run_scan",
                    keys=("model", "images", "layer", "t", "pool", "batch_size", "repeats", "seed", "on_error",
-                         "resume", "allow_pickle", "engine", "workers", "ray_address", "part_size", "threads"))
+                         "resume", "allow_pickle", "engine", "workers", "ray_address", "part_size", "threads",
+                         "detector"))
 
     p = _sub(subs, "eval", "AUROC and TPR at 1%% FPR (both conventions) with bootstrap CIs, ROC and "
              "score-density plots", "diffmem eval out/scan/scores.parquet --labels labels.csv --out out/eval")
@@ -184,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
              "engine and Ray with 1 and 2 workers)",
              "diffmem bench --quick --seed 0 --out out/bench")
     p.add_argument("what", nargs="?", choices=("memorization", "probe", "scan"), default="memorization")
-    p.add_argument("--quick", action="store_true", help="memorization: 600 samples instead of 1500")
+    p.add_argument("--quick", action="store_true", help="memorization: 600 samples and one seed")
+    p.add_argument("--seeds", default=None, help="memorization: comma-separated seeds, each drawing samples and "
+                   "split anew (default: SEED,SEED+1,SEED+2; SEED alone with --quick)")
+    p.add_argument("--calib-frac", type=float, default=0.5, help="memorization: calibration share of the samples")
+    p.add_argument("--fpr", type=float, default=0.01, help="memorization: target false-positive rate")
     p.add_argument("--model", default=None, help="memorization: model folder (default: the shipped hybrid)")
     p.add_argument("--n-samples", type=int, default=None)
     p.add_argument("--guidance", type=float, default=1.0)
@@ -245,7 +252,8 @@ def _print_layers(rows: list[dict], args) -> None:
 
 
 _BENCH = {"memorization": ("diffmem.bench.run:run_bench",
-                            ("quick", "model", "n_samples", "guidance", "batch_size", "seed")),
+                            ("quick", "model", "n_samples", "seeds", "guidance", "calib_frac", "fpr", "batch_size",
+                             "seed")),
           "probe": ("diffmem.probe.run:bench_probe", ("batch_size", "reps", "seed")),
           "scan": ("diffmem.probe.run:bench_scan", ("n_images", "batch_size", "model", "seed"))}
 
@@ -255,7 +263,7 @@ def _call(args: argparse.Namespace):
     if args.command == "bench":
         args.func, args.keys = _BENCH[args.what]
         if args.batch_size is None:
-            args.batch_size = {"memorization": 128, "probe": 16, "scan": 32}[args.what]
+            args.batch_size = {"memorization": 256, "probe": 16, "scan": 32}[args.what]
         if args.what == "memorization" and args.out is None:
             raise DiffmemError("bench: --out DIR is required")
     module, name = args.func.split(":")

@@ -11,21 +11,25 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diffmem.bench.baselines import Batch, Setting, methods
+from diffmem.bench.protocol import (aggregate, batches, evaluate_report, grouped_split, score_settings,
+                                    split_overlap, summarize, thresholds, timed_against, tune)
 from diffmem.bench.dataset import load_source
 from diffmem.bench.data import ASSETS, fashion_mnist_reference, fashion_mnist_train
 from diffmem.bench.labels import COPY_RATIO, label_samples
-from diffmem.detect.detector import image_keys, select_layer
+from diffmem.detect.detector import candidate_layers, image_keys
 from diffmem.detect.evaluation import plot_kde, plot_roc
-from diffmem.detect.metrics import auroc, evaluate
+from diffmem.detect.fusion import FusionDetector
+from diffmem.detect.methods import T_CANDIDATES, peer_methods
+from diffmem.detect.metrics import fpr_threshold
 from diffmem.errors import DiffmemError, check
 from diffmem.models import load_adapter
 from diffmem.outputs import output_dir, progress, write_json
 from diffmem.plotting import plt, save, show_images
+from diffmem.probe.represent import generators
 from diffmem.probe.sampling import sample as sample_fn
 
 HYBRID = ASSETS / "bench" / "hybrid"
-T_CANDIDATES = (10, 50, 100, 200)
+DETECTOR = "fusion"      # the name of our shipped detector's method row
 
 
 def sample_classes(adapter, n: int, classes: str | None) -> list[int] | None:
@@ -54,17 +58,6 @@ def training_images(adapter) -> tuple[torch.Tensor, np.ndarray]:
     else:
         train = torch.from_numpy(load_source(rec["data"], rec["size"])[0][np.asarray(rec["indices"])])
     return train, np.asarray(rec["copies"])
-
-
-def _reference_images(adapter) -> torch.Tensor:
-    """Held-out real images (never trained on) for NeMo's reference statistics."""
-    rec = adapter.record
-    if rec["data"] == "fashion-mnist":
-        return fashion_mnist_reference(rec["size"])[0]
-    images = load_source(rec["data"], rec["size"])[0]
-    unused = np.setdiff1d(np.arange(len(images)), rec["indices"])
-    check(len(unused) >= 2, f"{rec['data']}: no held-out images left for reference statistics")
-    return torch.from_numpy(images[unused])
 
 
 def run_sample(model: str | os.PathLike, out: str | os.PathLike, n: int = 64, classes: str | None = None,
@@ -96,38 +89,26 @@ def run_sample(model: str | os.PathLike, out: str | os.PathLike, n: int = 64, cl
     return summary
 
 
-def _split(y: np.ndarray, frac: float, seed: int) -> np.ndarray:
-    """Boolean mask of a stratified calibration split."""
-    rng = np.random.default_rng(seed)
-    calib = np.zeros(len(y), dtype=bool)
-    for v in (0, 1):
-        idx = np.flatnonzero(y == v)
-        calib[rng.permutation(idx)[:int(round(frac * len(idx)))]] = True
-    return calib
+def reference_images(adapter) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Held-out real images the model never trained on (N, C, H, W) in [-1, 1], and their classes
+    (None when the data set has none)."""
+    rec = adapter.record
+    if rec["data"] == "fashion-mnist":
+        return fashion_mnist_reference(rec["size"])
+    images, labels = load_source(rec["data"], rec["size"])
+    unused = np.setdiff1d(np.arange(len(images)), rec["indices"])
+    check(len(unused) >= 4, f"{rec['data']}: no held-out images left for reference statistics")
+    return torch.from_numpy(images[unused]), None if labels is None else labels[unused]
 
 
-def tune_spikiness(adapter, x: torch.Tensor, y: np.ndarray, seed: int, ts=T_CANDIDATES,
-                   batch_size: int = 256) -> list[dict]:
-    """AUROC of std(pooled layer) for every candidate layer × timestep on a calibration set
-    (:func:`~diffmem.detect.detector.select_layer` at each t), best first."""
-    pos, neg = x[torch.from_numpy(y == 1)], x[torch.from_numpy(y == 0)]
-    rows = [{**r, "t": t} for t in progress(ts, desc="tune layer/t")
-            for r in select_layer(adapter, pos, neg, t=t, seed=seed, batch_size=batch_size)]
-    return sorted(rows, key=lambda r: -r["auroc"])
+def _scores(method, setting, x, keys, classes, idx, batch_size):
+    return score_settings(method, [setting], batches(x, keys, classes, idx, batch_size))[0]
 
 
-def run_bench(out: str | os.PathLike, model: str | os.PathLike | None = None, quick: bool = False,
-              n_samples: int | None = None, guidance: float = 1.0, steps: int = 50, calib_frac: float = 0.3,
-              batch_size: int = 128, seed: int = 0, quiet: bool = False) -> dict:
-    """Sample, label exactly, tune spikiness on a calibration split, evaluate every method on the rest.
-
-    Writes ``bench.json``, ``bench.md``, ``roc.png``, ``score_kde.png``, ``top_memorized.png``,
-    ``tuning.json`` and ``samples.parquet`` into ``out``.
-    """
-    check(0 < calib_frac < 1, f"--calib-frac {calib_frac}: must be in (0, 1)")
-    adapter = load_adapter(model or HYBRID)
-    train, copies = training_images(adapter)
-    n = n_samples or (600 if quick else 1500)
+def _bench_seed(adapter, train, copies, reference, ref_classes, n, guidance, steps, calib_frac, fpr,
+                batch_size, seed, quiet) -> dict:
+    """One seed of the protocol: sample, label, grouped split, tune every method on calibration,
+    measure it on the report split; the fusion detector is fitted on calibration as well."""
     cls = sample_classes(adapter, n, None)
     t0 = time.perf_counter()
     x = sample_fn(adapter, n, cls, guidance, steps, "ddim", seed, batch_size, quiet)
@@ -135,79 +116,148 @@ def run_bench(out: str | os.PathLike, model: str | os.PathLike | None = None, qu
     lab = label_samples(x, train, copies)
     y = lab["memorized"].astype(int)
     check(y.sum() >= 4 and (1 - y).sum() >= 4,
-          f"only {int(y.sum())} memorized and {int((1 - y).sum())} generalized samples: too few to evaluate")
+          f"seed {seed}: only {int(y.sum())} memorized and {int((1 - y).sum())} generalized samples: too few")
     keys = image_keys(x)
-    calib = _split(y, calib_frac, seed)
-    tuning = tune_spikiness(adapter, x[calib], y[calib], seed)
-    best = tuning[0]
-    setting = Setting(best["layer"], best["t"], adapter.default_pool, seed)
-    reference = _reference_images(adapter)
-    report = ~calib
-    classes = torch.tensor(cls)
-    results, scores = {}, {}
-    for m in methods(adapter, setting, reference, train):
-        def run(mask):
-            idx = np.flatnonzero(mask)
-            parts = [m.score(Batch(x[idx[i:i + batch_size]], [keys[j] for j in idx[i:i + batch_size]],
-                                   classes[idx[i:i + batch_size]])) for i in range(0, len(idx), batch_size)]
-            return np.concatenate(parts)
-        sign = 1.0 if auroc(run(calib), y[calib]) >= 0.5 else -1.0
-        t1 = time.perf_counter()
-        s = run(report)
-        secs = (time.perf_counter() - t1) / report.sum()
-        scores[m.name] = sign * s
-        results[m.name] = {**evaluate(sign * s, y[report], seed=seed), "sign": "+" if sign > 0 else "-",
-                           "sign_flipped": sign < 0, "seconds_per_image": secs,
-                           "needs_condition": m.needs_condition, "needs_training_data": m.needs_training_data}
-    hard = lab["hard_negative"][report]
-    spk = scores["spikiness"]
-    yr = y[report]
+    classes = torch.tensor(cls) if cls is not None else None
+    calib = grouped_split(y, lab["nearest"], calib_frac, seed)
+    cal, rep = np.flatnonzero(calib), np.flatnonzero(~calib)
+    check(0 < y[cal].sum() < len(cal) and 0 < y[rep].sum() < len(rep),
+          f"seed {seed}: the grouped split left one side without memorized or generalized samples")
+    half = len(reference) // 2                          # NeMo's statistics | unlabelled thresholds
+    ref_b = reference[half:]
+    ref_keys = image_keys(ref_b)
+    ref_cls = None if ref_classes is None else torch.as_tensor(np.asarray(ref_classes)[half:])
+    ref_idx = np.arange(len(ref_b))
+    layers = candidate_layers(adapter)
+    conditional = classes is not None
+    methods = peer_methods(adapter, layers, reference[:half], train, seed, T_CANDIDATES, conditional)
+    yr, hard = y[rep], lab["hard_negative"][rep]
+    results, tuning, report_scores = {}, {}, {}
+    forward = lambda: _denoise_all(adapter, x, keys, rep, batch_size)  # noqa: E731
+    forward()                                                          # warm-up
+    for m in progress(methods, desc=f"methods (seed {seed})", disable=quiet):
+        cal_scores = score_settings(m, m.settings, batches(x, keys, classes, cal, batch_size))
+        best, sign, table = tune(m, cal_scores, y[cal])
+        setting = m.settings[best]
+        s_rep, secs, ref_secs = timed_against(lambda: _scores(m, setting, x, keys, classes, rep, batch_size),
+                                              forward)
+        s_rep = sign * s_rep
+        ref_s = (sign * _scores(m, setting, ref_b, ref_keys, ref_cls, ref_idx, batch_size)
+                 if ref_cls is not None or not m.needs_condition else None)
+        deploy, unl = thresholds(sign * cal_scores[best][y[cal] == 0], ref_s, fpr)
+        results[m.name] = {**evaluate_report(s_rep, yr, hard, deploy, unl, fpr),
+                           "seconds_per_image": secs / len(rep), "forward_fraction": secs / ref_secs,
+                           "needs_condition": m.needs_condition, "needs_training_data": m.needs_training_data,
+                           "needs_gradients": m.needs_gradients}
+        tuning[m.name] = {"chosen": setting, "sign": "+" if sign > 0 else "-", "sign_flipped": sign < 0,
+                          "description": m.description, "candidates": table}
+        report_scores[m.name] = s_rep
+    det = FusionDetector(adapter, ts=T_CANDIDATES, layers=layers, fpr=fpr, batch_size=batch_size, seed=seed)
+    det.fit(x[cal], y[cal], groups=lab["nearest"][cal], keys=[keys[k] for k in cal])
+    s_rep, secs, ref_secs = timed_against(lambda: det.score(x[rep], [keys[k] for k in rep]), forward)
+    unl = fpr_threshold(det.score(ref_b, ref_keys), fpr)
+    results[DETECTOR] = {**evaluate_report(s_rep, yr, hard, det.threshold_, unl, fpr),
+                         "seconds_per_image": secs / len(rep), "forward_fraction": secs / ref_secs,
+                         "needs_condition": False, "needs_training_data": False, "needs_gradients": False}
+    tuning[DETECTOR] = {"chosen": {"t": det.t_, "features": det.features_}, "sign": "+", "sign_flipped": False,
+                        "description": "logistic fusion of one forward's spikiness statistics and denoising "
+                                       "residual, fitted on calibration (ours)", "selection": det.selection_}
+    report_scores[DETECTOR] = s_rep
+    frame = pd.DataFrame({"seed": seed, "sample": np.arange(n), "class": cls,
+                          "split": np.where(calib, "calibration", "report"), **lab})
+    for name, s in report_scores.items():
+        frame.loc[~calib, f"score_{name}"] = s
+    counts = {"calibration": {"memorized": int(y[cal].sum()), "generalized": int(len(cal) - y[cal].sum())},
+              "report": {"memorized": int(yr.sum()), "generalized": int(len(rep) - yr.sum()),
+                         "hard_negative": int((hard & (yr == 0)).sum())},
+              "overlap": split_overlap(lab["nearest"], calib), "n_memorized": int(y.sum()),
+              "memorized_copies_duplicated": float(lab["nearest_duplicated"][y == 1].mean()),
+              "sample_seconds": sample_seconds}
+    return {"results": results, "tuning": tuning, "frame": frame, "counts": counts, "detector": det,
+            "x": x, "lab": lab, "calib": calib, "scores": report_scores}
+
+
+@torch.no_grad()
+def _denoise_all(adapter, x, keys, idx, batch_size) -> None:
+    """One plain denoiser forward (null condition, t = 10) over the rows idx: the cost unit."""
+    for b in batches(x, keys, None, idx, batch_size):
+        z = adapter.prepare(b.x)
+        adapter.denoise(adapter.noise(z, T_CANDIDATES[0], generators(0, b.keys)), T_CANDIDATES[0], None)
+
+
+def parse_seeds(seeds: str | None, seed: int, quick: bool) -> list[int]:
+    """``--seeds 0,1,2``; default: ``seed`` alone with ``--quick``, else seed, seed+1, seed+2."""
+    if seeds is None:
+        return [seed] if quick else [seed, seed + 1, seed + 2]
+    try:
+        out = [int(v) for v in str(seeds).split(",") if v.strip()]
+    except ValueError:
+        raise DiffmemError(f"--seeds {seeds!r}: expected comma-separated integers") from None
+    check(bool(out) and len(set(out)) == len(out), f"--seeds {seeds!r}: need distinct seeds")
+    return out
+
+
+def run_bench(out: str | os.PathLike, model: str | os.PathLike | None = None, quick: bool = False,
+              n_samples: int | None = None, seeds: str | None = None, guidance: float = 1.0, steps: int = 50,
+              calib_frac: float = 0.5, fpr: float = 0.01, batch_size: int = 256, seed: int = 0,
+              quiet: bool = False) -> dict:
+    """The memorization benchmark under the protocol of :mod:`diffmem.bench.protocol`, once per seed.
+
+    Writes ``bench.json`` (figures as {mean, sd, per_seed}), ``bench.md``, ``tuning.json``,
+    ``samples.parquet``, ``roc.png``, ``score_kde.png``, ``top_memorized.png`` (first seed) and
+    ``detector/`` (the fusion detector fitted on the first seed's calibration split).
+    """
+    check(0 < calib_frac < 1, f"--calib-frac {calib_frac}: must be in (0, 1)")
+    check(0 < fpr < 0.5, f"--fpr {fpr}: must be in (0, 0.5)")
+    seed_list = parse_seeds(seeds, seed, quick)
+    adapter = load_adapter(model or HYBRID)
+    train, copies = training_images(adapter)
+    reference, ref_classes = reference_images(adapter)
+    n = n_samples or (600 if quick else 1500)
+    check(n >= 16, f"--n-samples {n}: must be >= 16")
+    t0 = time.perf_counter()
+    runs = [_bench_seed(adapter, train, copies, reference, ref_classes, n, guidance, steps, calib_frac, fpr,
+                        batch_size, s, quiet) for s in seed_list]
+    first = runs[0]
     result = {
-        "n_memorized": int(y.sum()), "n_generalized": int((1 - y).sum()),
-        "n_report": {"memorized": int(yr.sum()), "generalized": int((1 - yr).sum()), "hard_negative": int(hard.sum())},
-        "n_calibration": {"memorized": int(y[calib].sum()), "generalized": int((1 - y[calib]).sum())},
-        "methods": results,
-        "spikiness_setting": {"layer": setting.layer, "t": setting.t, "pool": setting.pool,
-                              "calibration_auroc": best["auroc"]},
-        "spikiness_vs_hard_negatives_auroc": (auroc(np.r_[spk[yr == 1], spk[hard]],
-                                                    np.r_[np.ones(int(yr.sum())), np.zeros(int(hard.sum()))])
-                                              if hard.any() and yr.any() else None),
-        "speed_ratio_spikiness_over_wen": results["spikiness"]["seconds_per_image"] / results["wen"]["seconds_per_image"],
-        "model": str(adapter.path), "guidance": guidance, "sampler": "ddim", "steps": steps, "seed": seed,
-        "n_samples": n, "copy_ratio": COPY_RATIO, "sample_seconds": sample_seconds,
-        "memorized_copies_duplicated": float(lab["nearest_duplicated"][y == 1].mean()) if y.any() else None,
+        "seeds": seed_list, "detector": DETECTOR,
+        "split": {"grouped_by": "nearest_training_image", "overlap": max(r["counts"]["overlap"] for r in runs),
+                  "calibration_fraction": calib_frac, "stratified_by": "group holds a memorized sample",
+                  "per_seed": [{k: r["counts"][k] for k in ("calibration", "report", "overlap")} for r in runs]},
+        "methods": aggregate([r["results"] for r in runs]),
+        "n_memorized": summarize([r["counts"]["n_memorized"] for r in runs]),
+        "memorized_copies_duplicated": summarize([r["counts"]["memorized_copies_duplicated"] for r in runs]),
+        "sample_seconds": summarize([r["counts"]["sample_seconds"] for r in runs]),
+        "model": str(model) if model else "shipped hybrid", "guidance": guidance, "sampler": "ddim",
+        "steps": steps, "n_samples": n, "fpr": fpr, "copy_ratio": COPY_RATIO, "t_candidates": list(T_CANDIDATES),
+        "n_reference": {"nemo_statistics": len(reference) // 2, "unlabelled_threshold": len(reference) - len(reference) // 2},
+        "seconds": time.perf_counter() - t0,
     }
-    frame = pd.DataFrame({"sample": np.arange(n), "class": cls, "split": np.where(calib, "calibration", "report"),
-                          **{k: v for k, v in lab.items()}})
-    for name, s in scores.items():
-        frame.loc[report, f"score_{name}"] = s
+    frame = pd.concat([r["frame"] for r in runs], ignore_index=True)
     with output_dir(out) as tmp:
         write_json(tmp / "bench.json", result)
-        write_json(tmp / "tuning.json", tuning)
+        write_json(tmp / "tuning.json", {str(s): r["tuning"] for s, r in zip(seed_list, runs)})
         (tmp / "bench.md").write_text(bench_table(result))
         frame.to_parquet(tmp / "samples.parquet", index=False)
-        plot_roc({k: (v, yr) for k, v in scores.items()}, tmp / "roc.png", "report split")
-        plot_kde(spk, yr, tmp / "score_kde.png", f"spikiness: std of {setting.layer} at t={setting.t}")
-        _plot_top(x, train, lab, spk, report, tmp / "top_memorized.png")
+        y0 = first["lab"]["memorized"][~first["calib"]].astype(int)
+        plot_roc({k: (v, y0) for k, v in first["scores"].items()}, tmp / "roc.png",
+                 f"report split, seed {seed_list[0]}")
+        plot_kde(first["scores"][DETECTOR], y0, tmp / "score_kde.png", f"{DETECTOR} score (report split)")
+        _plot_top(first["x"], train, first["lab"], first["scores"][DETECTOR], ~first["calib"],
+                  tmp / "top_memorized.png")
+        first["detector"].save(tmp / "detector")
     return result
 
 
 def bench_table(r: dict) -> str:
-    """Markdown table of bench.json's methods."""
-    lines = [f"# Memorization benchmark ({r['n_report']['memorized']} memorized / "
-             f"{r['n_report']['generalized']} generalized on the report split; guidance {r['guidance']})", "",
-             "| method | AUROC [95% CI] | TPR@1%FPR | TPR@1%FPR (Wen) | s/image | sign | needs condition | "
-             "needs training data |", "|---|---|---|---|---|---|---|---|"]
-    for name, m in r["methods"].items():
-        lo, hi = m["auroc_ci"]
-        lines.append(f"| {name} | {m['auroc']:.3f} [{lo:.3f}, {hi:.3f}] | {m['tpr_at_1pct_fpr']:.3f} | "
-                     f"{m['tpr_at_1pct_fpr_wen']:.3f} | {m['seconds_per_image'] * 1e3:.2f} ms | {m['sign']} | "
-                     f"{'yes' if m['needs_condition'] else 'no'} | {'yes' if m['needs_training_data'] else 'no'} |")
-    s = r["spikiness_setting"]
-    lines += ["", f"Spikiness layer `{s['layer']}` at t={s['t']} ({s['pool']}), chosen on the calibration split "
-              f"(AUROC {s['calibration_auroc']:.3f} there). Spikiness/Wen time ratio: "
-              f"{r['speed_ratio_spikiness_over_wen']:.2f}.", ""]
-    return "\n".join(lines)
+    """Markdown table of bench.json's methods (mean ± sd over seeds)."""
+    from diffmem.report.html import bench_rows
+    t = bench_rows(r)
+    lines = [f"# Memorization benchmark (seeds {', '.join(map(str, r['seeds']))}; guidance {r['guidance']}; "
+             f"split grouped by nearest training image, overlap {r['split']['overlap']})", "",
+             "| " + " | ".join(t["head"]) + " |", "|" + "---|" * len(t["head"])]
+    lines += ["| " + " | ".join(row) + " |" for row in t["rows"]]
+    return "\n".join(lines) + "\n"
 
 
 def _plot_top(x, train, lab, spk, report, path: Path, k: int = 12) -> Path:

@@ -28,6 +28,16 @@ def resize_area(x: torch.Tensor, size: int) -> torch.Tensor:
     return x if x.shape[-1] == size and x.shape[-2] == size else F.interpolate(x, size=(size, size), mode="area")
 
 
+def image_key(image) -> str:
+    """The identity of one model-input image (C, H, W) in [-1, 1]: sha256 of its float32 bytes.
+
+    It seeds the image's noise everywhere (scan, detectors, bench, steer), so the CLI and the
+    Python API give the same score for the same image."""
+    import hashlib
+    a = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, np.float32)
+    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
+
+
 def to_model_range(pixels: np.ndarray) -> np.ndarray:
     """uint8 pixels in [0, 255] → float32 in [-1, 1]."""
     return pixels.astype(np.float32) / 127.5 - 1.0

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from diffmem.data.images import image_key
 from diffmem.detect.metrics import auroc
 from diffmem.errors import check
 from diffmem.outputs import progress
@@ -18,8 +18,8 @@ from diffmem.stats import STATISTICS
 
 
 def image_keys(images: torch.Tensor) -> list[str]:
-    """sha256 of each image's float32 bytes: the key that seeds its noise."""
-    return [hashlib.sha256(im.detach().cpu().float().numpy().tobytes()).hexdigest() for im in images]
+    """The key that seeds each image's noise (:func:`diffmem.data.images.image_key`), images (N, C, H, W)."""
+    return [image_key(im) for im in images]
 
 
 class SpikinessDetector:

@@ -63,3 +63,24 @@ def evaluate(scores, labels, n_boot: int = 1000, seed: int = 0) -> dict:
         out[f"{name}_ci"] = list(bootstrap_ci(scores, labels, fn, n_boot=n_boot, seed=seed))
     out["n_positive"], out["n_negative"] = int(len(pos)), int(len(neg))
     return out
+
+
+def fpr_threshold(negative_scores, fpr: float = 0.01) -> float:
+    """A threshold to deploy at false-positive rate ``fpr``, fitted on n known-negative scores:
+    the ⌈(n + 1)(1 − fpr)⌉-th smallest (split-conformal), so that a fresh exchangeable negative
+    scores strictly above it with probability at most ``fpr``. Flag scores ``> threshold``; with
+    too few negatives for that guarantee (n + 1 < 1/fpr) it is the largest negative."""
+    s = np.sort(np.asarray(negative_scores, dtype=np.float64))
+    check(s.ndim == 1 and len(s) >= 1 and bool(np.isfinite(s).all()),
+          "threshold: need at least one finite negative score")
+    check(0 < fpr < 1, f"fpr={fpr}: must be in (0, 1)")
+    k = int(np.ceil((len(s) + 1) * (1 - fpr)))
+    return float(s[min(k, len(s)) - 1])
+
+
+def rates_at(scores, labels, threshold: float) -> dict:
+    """Realized ``{"fpr", "tpr"}`` of flagging ``scores > threshold`` (None where a class is absent)."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    flag = s > threshold
+    return {"fpr": float(flag[~y].mean()) if (~y).any() else None,
+            "tpr": float(flag[y].mean()) if y.any() else None}

@@ -59,6 +59,14 @@ class Adapter:
         """One denoiser call; returns the ε (or x₀ for the theory family) prediction."""
         raise NotImplementedError
 
+    def predict_eps(self, z_t: torch.Tensor, t: float, cond=None) -> torch.Tensor:
+        """The noise prediction ε̂ (B, …) whatever the denoiser's output parameterization."""
+        return self.denoise(z_t, t, cond)
+
+    def noise_std(self, t: float) -> float:
+        """Standard deviation σ_t of the noise in z_t (score = −ε/σ_t); t itself for noise-level families."""
+        return float(t)
+
     def null_condition(self, batch: int):
         """The unconditional input (empty prompt, null class), or None for unconditional models."""
         return None
@@ -103,6 +111,10 @@ class _SchedulerNoise:
         eps = gaussian_like(z, generators)
         ts = torch.full((z.shape[0],), int(t), dtype=torch.long, device=z.device)
         return self.scheduler.add_noise(z, eps, ts)
+
+    def noise_std(self, t):
+        self.validate_t(t)
+        return float(torch.sqrt(1 - self.scheduler.alphas_cumprod[int(t)]))
 
 
 def _ddpm(scheduler):
@@ -292,6 +304,9 @@ class TheoryAdapter(Adapter):
     def noise(self, z, t, generators):
         self.validate_t(t)
         return z + float(t) * gaussian_like(z, generators)
+
+    def predict_eps(self, z_t, t, cond=None):
+        return (z_t - self.denoise(z_t, t, cond)) / float(t)               # the model predicts x₀
 
     def denoise(self, z_t, t, cond=None):
         if hasattr(self.denoiser, "g"):

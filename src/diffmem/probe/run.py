@@ -26,7 +26,8 @@ def run_scan(model: str | os.PathLike, images: str | os.PathLike, out: str | os.
              layer: str | None = None, t: float | None = None, pool: str | None = None, batch_size: int = 32,
              repeats: int = 1, seed: int = 0, on_error: str = "skip", resume: bool = False,
              allow_pickle: bool = False, engine: str = "local", workers: int = 2, ray_address: str | None = None,
-             part_size: int = 256, threads: int | None = None, quiet: bool = False) -> dict:
+             part_size: int = 256, threads: int | None = None, detector: str | os.PathLike | None = None,
+             quiet: bool = False) -> dict:
     """Load ``model`` and scan ``images`` into ``out`` (see :func:`diffmem.scan.scan`) with the local
     engine, or with Ray Data (``engine="ray"``, ``workers`` actors, optional ``ray_address``).
 
@@ -41,13 +42,14 @@ def run_scan(model: str | os.PathLike, images: str | os.PathLike, out: str | os.
         check(workers >= 1, f"--workers {workers}: must be >= 1")
         return scan_ray(model, images, out, layer=layer, t=t, pool=pool, batch_size=batch_size, repeats=repeats,
                         seed=seed, on_error=on_error, resume=resume, workers=workers, ray_address=ray_address,
-                        allow_pickle=allow_pickle, part_size=part_size, threads=threads or 1, quiet=quiet)
+                        allow_pickle=allow_pickle, part_size=part_size, threads=threads or 1, detector=detector,
+                        quiet=quiet)
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
         adapter = load_adapter(model, allow_pickle=allow_pickle)
         return scan(adapter, images, out, layer=layer, t=t, pool=pool, batch_size=batch_size, repeats=repeats,
-                    seed=seed, on_error=on_error, resume=resume, part_size=part_size, quiet=quiet)
+                    seed=seed, on_error=on_error, resume=resume, part_size=part_size, detector=detector, quiet=quiet)
     finally:
         torch.set_num_threads(before)
 

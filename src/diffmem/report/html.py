@@ -37,10 +37,13 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def _layer_bars(tuning: list[dict]) -> bytes:
-    """Per-layer calibration AUROC (best timestep per layer) as a PNG."""
+def _layer_bars(tuning: dict) -> bytes:
+    """Per-layer calibration AUROC of spikiness (best timestep per layer, first seed) as a PNG."""
     best: dict[str, dict] = {}
-    for row in tuning:
+    first = next(iter(tuning.values()))
+    for cand in first["spikiness"]["candidates"]:
+        row = {"layer": cand["setting"]["layer"], "t": cand["setting"]["t"],
+               "auroc": max(cand["auroc"], 1 - cand["auroc"])}
         if row["layer"] not in best or row["auroc"] > best[row["layer"]]["auroc"]:
             best[row["layer"]] = row
     rows = sorted(best.values(), key=lambda r: r["auroc"])
@@ -63,11 +66,6 @@ def _summary_rows(name: str, data) -> list[tuple[str, str]]:
     if not isinstance(data, dict):
         return []
     rows = []
-    if "methods" in data:
-        for m, d in data["methods"].items():
-            ci = d.get("auroc_ci") or [float("nan")] * 2
-            rows.append((f"{m} AUROC", f"{d['auroc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]; TPR@1%FPR "
-                                       f"{d['tpr_at_1pct_fpr']:.3f}; {d['seconds_per_image'] * 1e3:.2f} ms/img"))
     if "regimes" in data:
         for r, d in data["regimes"].items():
             rows.append((f"{r}", f"rel_err {d['rel_err']:.4f}; rep std train {d['rep_std_train']:.3f}"))
@@ -81,6 +79,25 @@ def _summary_rows(name: str, data) -> list[tuple[str, str]]:
             if isinstance(v2, (int, float, str, bool)) and len(rows) < 40:
                 rows.append((k if k2 is None else f"{k}.{k2}", fmt(v2)))
     return rows
+
+
+def _ms(v: dict | None, scale: float = 1.0, digits: int = 3) -> str:
+    """A ``{mean, sd, per_seed}`` figure as "mean ± sd"."""
+    return "—" if not v else f"{v['mean'] * scale:.{digits}f} ± {v['sd'] * scale:.{digits}f}"
+
+
+def bench_rows(bench: dict) -> dict:
+    """``{"head", "rows"}`` of the method table of a ``bench.json`` (mean ± sd over seeds)."""
+    head = ["method", "AUROC", "TPR@1%FPR (oracle)", "deployable FPR / TPR", "unlabelled FPR / TPR",
+            "hard-negative AUROC", "× forward"]
+    rows = []
+    for name, m in bench.get("methods", {}).items():
+        unl = m.get("unlabelled") or {}
+        rows.append([name + (" (ours)" if name == bench.get("detector") else ""), _ms(m["auroc"]),
+                     _ms(m["tpr_at_1pct_fpr"]), f"{_ms(m['deployable']['fpr'])} / {_ms(m['deployable']['tpr'])}",
+                     f"{_ms(unl.get('fpr'))} / {_ms(unl.get('tpr'))}", _ms(m.get("hard_negative_auroc")),
+                     _ms(m.get("forward_fraction"), digits=2)])
+    return {"head": head, "rows": rows}
 
 
 def build_report(root: str | os.PathLike, out_name: str = "report.html") -> Path:
@@ -106,12 +123,8 @@ def build_report(root: str | os.PathLike, out_name: str = "report.html") -> Path
     for path in sorted(root.rglob("tuning.json")):
         sections["Detection benchmark"].append({"title": f"{path.parent.relative_to(root).as_posix()}/per-layer AUROC",
                                                 "uri": _data_uri(_layer_bars(read_json(path)))})
-    tables = []
-    for path in sorted(root.rglob("bench.md")):
-        lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]
-        if len(lines) > 2:
-            cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
-            tables.append({"file": path.relative_to(root).as_posix(), "head": cells[0], "rows": cells[2:]})
+    tables = [{"file": path.relative_to(root).as_posix(), **bench_rows(read_json(path))}
+              for path in sorted(root.rglob("bench.json"))]
     env = Environment(loader=PackageLoader("diffmem.report", "templates"), autoescape=select_autoescape())
     html = env.get_template("report.html.j2").render(
         title=f"diffmem report: {root.resolve().name}", metrics=metrics, tables=tables,

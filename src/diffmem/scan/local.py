@@ -27,12 +27,36 @@ from diffmem.errors import DiffmemError, check
 from diffmem.outputs import progress, write_json
 from diffmem.probe.adapters import Adapter
 from diffmem.probe.pooling import POOLS
+from diffmem.data.images import image_key
 from diffmem.probe.represent import spikiness
 from diffmem.scan.inputs import Item, iter_inputs
 from diffmem.stats import STATISTICS
 
-COLUMNS = ["index", "path", "sha256", "layer", "t", "pool", "repeats", "score", *STATISTICS,
+COLUMNS = ["index", "path", "sha256", "layer", "t", "pool", "repeats", "score", *STATISTICS, "flagged",
            "label", "prompt", "error"]
+_DETECTORS: dict = {}     # (id(adapter), detector folder) → loaded detector, one per process
+
+
+def _detector(adapter: Adapter, path: str):
+    from diffmem.detect.fusion import FusionDetector
+    key = (id(adapter), path)
+    if key not in _DETECTORS:
+        _DETECTORS[key] = FusionDetector.load(path, adapter)
+    return _DETECTORS[key]
+
+
+def score_batch(adapter: Adapter, x: torch.Tensor, keys: list[str], settings: dict) -> dict[str, np.ndarray]:
+    """Columns for a batch x (B, C, H, W): ``score`` and every statistic of the spikiness scan, or,
+    with ``settings["detector"]``, the saved detector's ``score`` and ``flagged`` (statistics NaN)."""
+    if settings.get("detector"):
+        det = _detector(adapter, settings["detector"])
+        s = det.score(x, keys)
+        nan = np.full(len(s), np.nan)
+        return {"score": s, **{k: nan for k in STATISTICS}, "flagged": (s > det.threshold_).astype(float)}
+    stats = spikiness(adapter, x, keys, settings["layer"], settings["t"], settings["pool"], settings["seed"],
+                      settings["repeats"], nan_ok=True)
+    cols = {k: v.numpy() for k, v in stats.items()}
+    return {"score": cols[settings["statistic"]], **cols, "flagged": np.full(len(x), np.nan)}
 
 
 def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -54,18 +78,17 @@ def _rows_for_batch(adapter: Adapter, batch: list[tuple[Item, np.ndarray, str]],
     # Batches are zero-padded to batch_size: kernels are then the same for every batch, and a row's
     # score does not depend on how full its batch was (resumed scans equal uninterrupted ones).
     x = torch.from_numpy(np.stack([im for _, im, _ in batch]))
-    keys = [sha for _, _, sha in batch]
+    keys = [image_key(im) for _, im, _ in batch]           # the one image identity (seeds the noise)
     pad = batch_size - len(batch)
     if pad > 0:
         x = torch.cat([x, torch.zeros(pad, *x.shape[1:])])
         keys = keys + [f"pad{i}" for i in range(pad)]
-    stats = spikiness(adapter, x, keys, settings["layer"], settings["t"], settings["pool"], settings["seed"],
-                      settings["repeats"], nan_ok=True)
+    cols = score_batch(adapter, x, keys, settings)
     rows = []
     for j, (item, _, sha) in enumerate(batch):
-        vals = {k: float(v[j]) for k, v in stats.items()}
+        vals = {k: float(v[j]) for k, v in cols.items()}
         error = None
-        if not np.isfinite(vals["std"]):
+        if not np.isfinite(vals["score"]):
             error = f"layer {settings['layer']!r}: NaN or infinite activations"
             if on_error == "fail":
                 raise DiffmemError(f"{item.path}: {error}")
@@ -74,17 +97,24 @@ def _rows_for_batch(adapter: Adapter, batch: list[tuple[Item, np.ndarray, str]],
 
 
 def _row(item: Item, sha: str | None, settings: dict, vals: dict | None, error: str | None) -> dict:
-    vals = vals or {k: float("nan") for k in STATISTICS}
+    vals = vals or {k: float("nan") for k in ("score", *STATISTICS, "flagged")}
+    flagged = vals.pop("flagged")
     return {"index": item.index, "path": item.path, "sha256": sha, "layer": settings["layer"],
             "t": float(settings["t"]), "pool": settings["pool"], "repeats": settings["repeats"],
-            "score": vals[settings["statistic"]], **vals,
+            **vals, "flagged": None if flagged != flagged else bool(flagged),
             "label": None if item.label is None else str(item.label), "prompt": item.prompt, "error": error}
 
 
 def scan_settings(adapter: Adapter, layer: str | None, t: float | None, pool: str | None, repeats: int,
-                  seed: int, statistic: str = "std") -> dict:
-    """Resolved, validated settings of a scan (defaults from the adapter's family)."""
+                  seed: int, statistic: str = "std", detector: str | os.PathLike | None = None) -> dict:
+    """Resolved, validated settings of a scan (defaults from the adapter's family). With ``detector``
+    (a folder saved by ``diffmem bench``) its timestep and features replace layer/t/pool/statistic."""
     from diffmem.probe.capture import parse_layer
+    if detector is not None:
+        det = _detector(adapter, str(detector))
+        return {"layer": "+".join(det.features_), "t": det.t_, "pool": adapter.default_pool, "repeats": 1,
+                "seed": det.seed, "statistic": "fusion", "family": adapter.family, "detector": str(detector),
+                "threshold": det.threshold_}
     settings = {"layer": layer or adapter.default_layer, "t": adapter.default_t if t is None else t,
                 "pool": pool or adapter.default_pool, "repeats": repeats, "seed": seed, "statistic": statistic,
                 "family": adapter.family}
@@ -99,11 +129,11 @@ def scan_settings(adapter: Adapter, layer: str | None, t: float | None, pool: st
 def scan(adapter: Adapter, images: str | os.PathLike, out: str | os.PathLike, layer: str | None = None,
          t: float | None = None, pool: str | None = None, batch_size: int = 32, repeats: int = 1,
          seed: int = 0, on_error: str = "skip", resume: bool = False, part_size: int = 256,
-         quiet: bool = False) -> dict:
+         detector: str | os.PathLike | None = None, quiet: bool = False) -> dict:
     """Score every input of ``images`` and write ``out/scores.parquet`` + ``out/summary.json``."""
     check(on_error in ("skip", "fail"), f"--on-error {on_error!r}: 'skip' or 'fail'")
-    check(batch_size >= 1 and part_size >= 1, "--batch-size and part size must be >= 1")
-    settings = scan_settings(adapter, layer, t, pool, repeats, seed)
+    check(batch_size >= 1 and part_size >= 1, "--batch-size and --part-size must be >= 1")
+    settings = scan_settings(adapter, layer, t, pool, repeats, seed, detector=detector)
     items = iter_inputs(images, adapter.image_size, adapter.image_channels)
     out = Path(out)
     parts = out / "parts"
@@ -205,7 +235,9 @@ def finalize(out: Path, settings: dict, info: dict) -> dict:
     atomic_write_parquet(df, out / "scores.parquet")
     ok = df[df["error"].isna()]
     s = ok["score"].astype(float)
-    summary = {**info, **{k: settings[k] for k in ("family", "layer", "t", "pool", "repeats", "seed", "statistic")},
+    summary = {**info, **{k: settings.get(k) for k in ("family", "layer", "t", "pool", "repeats", "seed", "statistic",
+                                                         "detector", "threshold")},
+               "n_flagged": int(df["flagged"].fillna(False).astype(bool).sum()) if settings.get("detector") else None,
                "n_inputs": int(len(df)), "n_scored": int(len(ok)), "n_errors": int(df["error"].notna().sum()),
                "score_mean": float(s.mean()) if len(s) else None, "score_std": float(s.std(ddof=0)) if len(s) else None,
                "score_min": float(s.min()) if len(s) else None, "score_max": float(s.max()) if len(s) else None,

@@ -53,12 +53,13 @@ class _ScanWorker:
 def scan_ray(model: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike, layer: str | None = None,
              t: float | None = None, pool: str | None = None, batch_size: int = 32, repeats: int = 1, seed: int = 0,
              on_error: str = "skip", resume: bool = False, workers: int = 2, ray_address: str | None = None,
-             allow_pickle: bool = False, part_size: int = 256, threads: int = 1, quiet: bool = False) -> dict:
+             allow_pickle: bool = False, part_size: int = 256, threads: int = 1, detector: str | None = None,
+             quiet: bool = False) -> dict:
     """Scan with Ray Data; same outputs as :func:`diffmem.scan.scan`."""
     from diffmem.models import load_adapter
     ray = _import_ray()
     adapter = load_adapter(model, allow_pickle=allow_pickle)
-    settings = scan_settings(adapter, layer, t, pool, repeats, seed)
+    settings = scan_settings(adapter, layer, t, pool, repeats, seed, detector=detector)
     records = [it.record() for it in iter_inputs(images, adapter.image_size, adapter.image_channels)]
     out = Path(out)
     parts = out / "parts"

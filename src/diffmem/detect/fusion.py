@@ -1,0 +1,259 @@
+"""The fusion detector: spikiness statistics and the denoising residual of one forward, fused by a
+logistic model fitted on a labelled calibration set.
+
+One full denoiser call at timestep t (null condition, noise seeded per image key) yields, for free,
+the std of every hooked layer's pooled representation (the paper's spikiness) and the residual
+‖ε̂ − ε‖² of the output. ``fit`` chooses t and a few of these features by grouped cross-validation
+on the calibration set only (groups = the training image a sample is nearest to, so copies of one
+image never sit on both sides of a fold), fits a group-balanced logistic regression, and sets
+``threshold_`` at the target FPR from out-of-fold scores of the calibration negatives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from diffmem.detect.detector import candidate_layers, image_keys
+from diffmem.detect.metrics import fpr_threshold
+from diffmem.errors import DiffmemError, check
+from diffmem.outputs import progress, write_json
+from diffmem.probe.adapters import Adapter, gaussian_like
+from diffmem.probe.capture import Capture
+from diffmem.probe.pooling import pool as pool_fn
+from diffmem.probe.represent import generators
+from diffmem.stats import std as std_stat
+
+RESIDUAL = "residual"
+T_DEFAULTS = (10, 20, 50, 100, 200)
+
+
+@torch.no_grad()
+def one_forward_features(adapter: Adapter, x: torch.Tensor, keys: Sequence[str], t: float,
+                         layers: Sequence[str], seed: int) -> dict[str, np.ndarray]:
+    """``{"residual": log ‖ε̂ − ε‖², layer: log std(pool(layer))}``, each (B,), from one full forward of
+    images x (B, C, H, W) noised at t with the null condition."""
+    z = adapter.prepare(x)                                                       # (B, C', H', W')
+    eps = gaussian_like(z, generators(seed, keys))                               # (B, C', H', W')
+    z_t = adapter.noise(z, t, generators(seed, keys))
+    with Capture(adapter.denoiser, list(layers), adapter.call_counts, early_exit=False) as cap:
+        pred = adapter.predict_eps(z_t, t, None).float()                             # (B, C', H', W')
+    out = {RESIDUAL: (pred - eps.float()).flatten(1).pow(2).sum(1).clamp_min(1e-30).log()}
+    for name in layers:
+        v = pool_fn(cap.activations[name].float(), adapter.default_pool)          # (B, C)
+        out[name] = std_stat(v.double()).clamp_min(1e-30).log()
+    return {k: v.detach().cpu().double().numpy() for k, v in out.items()}
+
+
+def _folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Grouped, label-stratified folds; [] when there are too few groups per class for two folds."""
+    from sklearn.model_selection import StratifiedGroupKFold
+    per_class = min(len(np.unique(groups[y == c])) for c in (0, 1))
+    k = min(k, per_class)
+    if k < 2:
+        return []
+    return list(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(y, y, groups))
+
+
+def _group_weights(groups: np.ndarray) -> np.ndarray:
+    _, inv, cnt = np.unique(groups, return_inverse=True, return_counts=True)
+    w = 1.0 / cnt[inv]
+    return w * len(w) / w.sum()
+
+
+class _Logistic:
+    """Standardize, then an L2 logistic regression with group-balanced sample weights."""
+
+    def __init__(self, C: float):
+        self.C = C
+
+    def fit(self, X, y, groups):
+        from sklearn.linear_model import LogisticRegression
+        self.mean_, self.scale_ = X.mean(0), X.std(0) + 1e-12
+        m = LogisticRegression(C=self.C, max_iter=5000).fit((X - self.mean_) / self.scale_, y,
+                                                             sample_weight=_group_weights(groups))
+        self.coef_, self.intercept_ = m.coef_[0], float(m.intercept_[0])
+        return self
+
+    def decision(self, X):
+        return (X - self.mean_) / self.scale_ @ self.coef_ + self.intercept_
+
+
+def _oof(X, y, groups, folds, C) -> np.ndarray:
+    """Out-of-fold decision values (in-sample when there are no folds)."""
+    if not folds:
+        return _Logistic(C).fit(X, y, groups).decision(X)
+    out = np.empty(len(y))
+    for tr, te in folds:
+        out[te] = _Logistic(C).fit(X[tr], y[tr], groups[tr]).decision(X[te])
+    return out
+
+
+def _significant_gain(new: np.ndarray, old: np.ndarray, y: np.ndarray, folds, margin: float = 1e-4,
+                      z: float = 2.0) -> bool:
+    """Does ``new`` beat ``old`` by more than ``z`` standard errors of the per-fold AUROC gains (and
+    ``margin``)? A feature is added only on a gain beyond cross-validation noise: with a handful of
+    memorized training images per fold, smaller CV gains did not carry over to unseen groups."""
+    from sklearn.metrics import roc_auc_score
+    if not folds:
+        return roc_auc_score(y, new) > roc_auc_score(y, old) + margin
+    gains = np.array([roc_auc_score(y[te], new[te]) - roc_auc_score(y[te], old[te])
+                      for _, te in folds if 0 < y[te].sum() < len(te)])
+    if len(gains) < 2:
+        return False
+    return gains.mean() > max(margin, z * gains.std(ddof=1) / np.sqrt(len(gains)))
+
+
+class FusionDetector:
+    """Flags memorized images from one denoiser forward: spikiness statistics + denoising residual.
+
+    Parameters: ``ts`` candidate timesteps, ``layers`` candidate layers (default: the adapter's
+    spikiness candidates), ``max_features`` features kept by forward selection, ``C`` inverse L2
+    strength, ``fpr`` target false-positive rate, ``folds`` grouped CV folds.
+
+    Fitted attributes: ``t_``, ``features_`` (names; ``"residual"`` or a layer), ``mean_``,
+    ``scale_``, ``coef_``, ``intercept_``, ``threshold_``, ``selection_`` (CV AUROC of each step;
+    a feature joins only when its per-fold AUROC gain exceeds two standard errors),
+    ``calibration_`` (what the threshold was fitted on).
+    """
+
+    def __init__(self, adapter: Adapter | None = None, ts: Sequence[float] = T_DEFAULTS,
+                 layers: Sequence[str] | None = None, max_features: int = 3, C: float = 1.0, fpr: float = 0.01,
+                 folds: int = 5, batch_size: int = 256, seed: int = 0):
+        check(0 < fpr < 1, f"fpr={fpr}: must be in (0, 1)")
+        check(max_features >= 1, f"max_features={max_features}: must be >= 1")
+        self.adapter, self.ts, self.layers, self.max_features = adapter, tuple(ts), layers, max_features
+        self.C, self.fpr, self.folds, self.batch_size, self.seed = C, fpr, folds, batch_size, seed
+
+    def get_params(self, deep: bool = False) -> dict:
+        return {k: getattr(self, k) for k in ("ts", "layers", "max_features", "C", "fpr", "folds", "batch_size",
+                                               "seed")}
+
+    # -- features -------------------------------------------------------------------------
+    def _features(self, images: torch.Tensor, keys: Sequence[str], t: float, names: Sequence[str]) -> np.ndarray:
+        layers = [n for n in names if n != RESIDUAL]
+        cols: dict[str, list] = {n: [] for n in names}
+        for i in progress(range(0, len(images), self.batch_size), desc=f"features t={t:g}"):
+            f = one_forward_features(self.adapter, images[i:i + self.batch_size], keys[i:i + self.batch_size],
+                                     t, layers, self.seed)
+            for n in names:
+                cols[n].append(f[n])
+        return np.stack([np.concatenate(cols[n]) for n in names], 1)             # (N, F)
+
+    def _candidates(self) -> list[str]:
+        return [RESIDUAL, *(self.layers if self.layers is not None else candidate_layers(self.adapter))]
+
+    # -- fitting --------------------------------------------------------------------------
+    def fit(self, images: torch.Tensor, y, groups=None, keys: Sequence[str] | None = None) -> "FusionDetector":
+        """Choose t and features by grouped CV AUROC on (images, y), fit the logistic model, and set
+        ``threshold_`` from the out-of-fold scores of the negatives. ``groups`` (N,): e.g. the index
+        of each image's nearest training image (default: every image its own group)."""
+        from sklearn.metrics import roc_auc_score
+        y = np.asarray(y).astype(int)
+        check(len(y) == len(images) and y.min() == 0 and y.max() == 1,
+              "FusionDetector.fit: need one label per image, both classes present")
+        groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+        keys = image_keys(images) if keys is None else list(keys)
+        folds = _folds(y, groups, self.folds, self.seed)
+        names = self._candidates()
+        best = None
+        self.selection_ = []
+        for t in self.ts:
+            X = self._features(images, keys, t, names)
+            chosen: list[int] = []
+            current = None                                    # out-of-fold scores of the chosen set
+            while len(chosen) < min(self.max_features, len(names)):
+                trials = {j: _oof(X[:, chosen + [j]], y, groups, folds, self.C)
+                          for j in range(len(names)) if j not in chosen}
+                j = max(trials, key=lambda k: roc_auc_score(y, trials[k]))
+                if current is not None and not _significant_gain(trials[j], current, y, folds):
+                    break
+                chosen.append(j)
+                current = trials[j]
+                self.selection_.append({"t": t, "features": [names[c] for c in chosen],
+                                        "cv_auroc": roc_auc_score(y, current)})
+            score = roc_auc_score(y, current)
+            if best is None or score > best[0] + 1e-4:
+                best = (score, t, chosen, X[:, chosen])
+        _, self.t_, chosen, X = best
+        self.features_ = [names[c] for c in chosen]
+        m = _Logistic(self.C).fit(X, y, groups)
+        self.mean_, self.scale_, self.coef_, self.intercept_ = m.mean_, m.scale_, m.coef_, m.intercept_
+        oof = _oof(X, y, groups, folds, self.C)
+        self.threshold_ = fpr_threshold(oof[y == 0], self.fpr)
+        self.calibration_ = {"kind": "labelled", "n_negatives": int((y == 0).sum()),
+                             "out_of_fold": bool(folds)}
+        return self
+
+    def calibrate(self, negatives: torch.Tensor, keys: Sequence[str] | None = None,
+                  fpr: float | None = None) -> "FusionDetector":
+        """Refit only ``threshold_`` on known-negative images (e.g. held-out real images: no labels needed)."""
+        self._check_fitted()
+        self.fpr = self.fpr if fpr is None else fpr
+        s = self.score(negatives, keys)
+        self.threshold_ = fpr_threshold(s, self.fpr)
+        self.calibration_ = {"kind": "unlabelled", "n_negatives": int(len(s)), "out_of_fold": True}
+        return self
+
+    # -- scoring --------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        check(hasattr(self, "coef_"), "FusionDetector: call fit() (or load a fitted detector) first")
+        check(self.adapter is not None, "FusionDetector: no model adapter")
+
+    def score(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> np.ndarray:
+        """Decision values (N,) for images (N, C, H, W) in [-1, 1]; higher = more likely memorized."""
+        self._check_fitted()
+        keys = image_keys(images) if keys is None else list(keys)
+        X = self._features(images, keys, self.t_, self.features_)
+        return (X - self.mean_) / self.scale_ @ self.coef_ + self.intercept_
+
+    def predict(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> np.ndarray:
+        """Boolean flags (N,): score above ``threshold_``."""
+        return self.score(images, keys) > self.threshold_
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """``path/detector.json`` (settings, features, threshold) + ``path/detector.safetensors`` (weights)."""
+        from safetensors.numpy import save_file
+        self._check_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        write_json(path / "detector.json", {
+            "kind": "FusionDetector", "params": {k: v for k, v in self.get_params().items()},
+            "t": self.t_, "features": self.features_, "intercept": self.intercept_,
+            "threshold": self.threshold_, "fpr": self.fpr, "calibration": self.calibration_,
+            "selection": self.selection_, "pool": self.adapter.default_pool})
+        save_file({"mean": np.asarray(self.mean_, np.float64), "scale": np.asarray(self.scale_, np.float64),
+                   "coef": np.asarray(self.coef_, np.float64)}, str(path / "detector.safetensors"))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, adapter: Adapter) -> "FusionDetector":
+        """A fitted detector saved by :meth:`save`, bound to ``adapter`` (its layers must exist)."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+        from diffmem.probe.capture import parse_layer
+        path = Path(path)
+        try:
+            meta = json.loads((path / "detector.json").read_text())
+            arrays = load_file(str(path / "detector.safetensors"))
+            check(meta.get("kind") == "FusionDetector", f"{path}: not a FusionDetector (kind {meta.get('kind')!r})")
+            det = cls(adapter, **meta["params"])
+            det.t_, det.features_ = meta["t"], list(meta["features"])
+            det.intercept_, det.threshold_, det.fpr = float(meta["intercept"]), float(meta["threshold"]), meta["fpr"]
+            det.calibration_, det.selection_ = meta.get("calibration", {}), meta.get("selection", [])
+            det.mean_, det.scale_, det.coef_ = arrays["mean"], arrays["scale"], arrays["coef"]
+        except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError, SafetensorError) as exc:
+            raise DiffmemError(f"--detector {path}: not a saved detector ({type(exc).__name__}: {exc})") from None
+        check(len(det.coef_) == len(det.features_) == len(det.mean_),
+              f"--detector {path}: weights and features disagree")
+        for name in det.features_:
+            if name != RESIDUAL:
+                parse_layer(name, adapter.denoiser)
+        adapter.validate_t(det.t_)
+        return det

@@ -1,0 +1,79 @@
+"""The fusion detector: sklearn-style fitting, feature selection by grouped CV, save/load, thresholds."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from diffmem.detect.detector import image_keys
+from diffmem.detect.fusion import RESIDUAL, FusionDetector, one_forward_features
+from diffmem.errors import DiffmemError
+from diffmem.probe.adapters import TheoryAdapter
+from diffmem.theory.model import ReLUDAE
+
+
+TRAIN = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    """A ReLU-DAE that stores 8 training images in its columns: a memorizer with exact labels."""
+    w = TRAIN.flatten(1).T / TRAIN.flatten(1).norm(dim=1)                  # (64, 8) unit columns
+    return TheoryAdapter(ReLUDAE(w.contiguous()), (1, 8, 8))
+
+
+def _data(n=80, seed=0):
+    """Positives: near-copies of the training images (grouped by image); negatives: fresh images."""
+    g = torch.Generator().manual_seed(seed + 1)
+    pos = TRAIN[torch.arange(n // 2) % 8] + 0.05 * torch.randn(n // 2, 1, 8, 8, generator=g)
+    neg = torch.rand(n // 2, 1, 8, 8, generator=g) * 2 - 1
+    y = np.r_[np.ones(n // 2), np.zeros(n // 2)].astype(int)
+    return torch.cat([pos, neg]).clamp(-1, 1), y, np.r_[np.arange(n // 2) % 8, 8 + np.arange(n // 2)]
+
+
+def test_features_come_from_one_forward_and_depend_on_the_key(adapter):
+    x, _, _ = _data(8)
+    keys = image_keys(x)
+    f = one_forward_features(adapter, x, keys, 0.1, [adapter.default_layer], seed=0)
+    assert set(f) == {RESIDUAL, adapter.default_layer} and all(v.shape == (8,) for v in f.values())
+    again = one_forward_features(adapter, x, keys, 0.1, [adapter.default_layer], seed=0)
+    assert np.array_equal(f[RESIDUAL], again[RESIDUAL])
+    other = one_forward_features(adapter, x, keys, 0.1, [adapter.default_layer], seed=1)
+    assert not np.array_equal(f[RESIDUAL], other[RESIDUAL])
+
+
+def test_fit_select_score_save_load(adapter, tmp_path):
+    x, y, groups = _data()
+    det = FusionDetector(adapter, ts=(0.1, 0.3), fpr=0.05, folds=4, seed=0)
+    assert det.fit(x, y, groups) is det
+    assert det.t_ in (0.1, 0.3) and 1 <= len(det.features_) <= det.max_features and det.selection_
+    assert all(s["cv_auroc"] > 0.5 for s in det.selection_)
+    s = det.score(x)
+    assert s.shape == (len(x),) and s[y == 1].mean() > s[y == 0].mean()
+    xt, yt, _ = _data(seed=1)                               # fresh images: it generalizes
+    from diffmem.detect.metrics import auroc
+    assert auroc(det.score(xt), yt) > 0.9
+    assert det.predict(xt).dtype == bool
+    det.save(tmp_path / "d")
+    meta = json.loads((tmp_path / "d" / "detector.json").read_text())
+    assert meta["kind"] == "FusionDetector" and meta["features"] == det.features_
+    back = FusionDetector.load(tmp_path / "d", adapter)
+    assert np.array_equal(back.score(xt), det.score(xt)) and back.threshold_ == det.threshold_
+    assert back.get_params() == det.get_params()
+    # unlabelled calibration: only the threshold moves, to the held-out negatives' conformal quantile
+    old = det.threshold_
+    det.calibrate(xt[yt == 0])
+    assert det.threshold_ != old and det.calibration_["kind"] == "unlabelled"
+    assert (det.score(xt[yt == 0]) > det.threshold_).mean() <= 0.05
+
+
+def test_unfitted_and_bad_saved_detectors_fail_clearly(adapter, tmp_path):
+    with pytest.raises(DiffmemError, match="fit"):
+        FusionDetector(adapter).score(torch.zeros(2, 1, 8, 8))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "detector.json").write_text("[]")
+    with pytest.raises(DiffmemError, match="--detector"):
+        FusionDetector.load(tmp_path / "bad", adapter)
+    with pytest.raises(DiffmemError, match="fpr"):
+        FusionDetector(adapter, fpr=0)
