@@ -53,7 +53,7 @@ class _FakeAdapter:
     def null_condition(self, b):
         return torch.zeros(b)
 
-    def denoise(self, x, t, cond):
+    def predict_eps(self, x, t, cond):
         self.last_cond = cond
         return x + 10 * cond.view(-1, 1)
 
@@ -72,6 +72,7 @@ def test_guidance_combines_the_right_halves(order):
 def test_sampling_is_deterministic_and_batch_independent(tmp_path):
     a = load_adapter(SAVERS["unet2d"](tmp_path / "u", num_classes=10))
     s1 = sample(a, 5, [0, 1, 2, 3, 4], guidance=2.0, steps=5, seed=3, batch_size=5, quiet=True)
+    assert s1.shape == (5, *a.latent_shape)
     s2 = sample(a, 5, [0, 1, 2, 3, 4], guidance=2.0, steps=5, seed=3, batch_size=2, quiet=True)
     s3 = sample(a, 5, [0, 1, 2, 3, 4], guidance=2.0, steps=5, seed=4, batch_size=5, quiet=True)
     assert s1.shape == (5, 1, 16, 16) and torch.allclose(s1, s2, atol=1e-3) and not torch.allclose(s1, s3, atol=1e-3)
@@ -83,7 +84,8 @@ def test_sampling_is_deterministic_and_batch_independent(tmp_path):
 
 @needs_fmnist
 def test_train_record_and_bench_end_to_end(tiny_bench_model, tmp_path):
-    from diffmem.bench.run import DETECTOR, run_bench
+    from diffmem.bench.harness import DETECTOR
+    from diffmem.commands.bench import bench as run_bench
     from diffmem.detect.fusion import FusionDetector
     rec = json.loads((tiny_bench_model / "diffmem.json").read_text())
     assert rec["copies"].count(40) == 4 and len(rec["indices"]) == 44 and rec["null_class"] == 10
@@ -123,7 +125,8 @@ def test_deployable_thresholds_are_fitted_on_data_disjoint_from_the_report(tiny_
     """Every threshold the bench measures on the report split was fitted on calibration negatives or on
     held-out reference images: record what each fit saw and compare with the report's scores."""
     import diffmem.bench.protocol as protocol
-    import diffmem.bench.run as run
+    import diffmem.bench.harness as run
+    from diffmem.commands.bench import bench as run_bench
     seen = []
     real = protocol.fpr_threshold
 
@@ -133,7 +136,7 @@ def test_deployable_thresholds_are_fitted_on_data_disjoint_from_the_report(tiny_
     monkeypatch.setattr(protocol, "fpr_threshold", spy)
     monkeypatch.setattr(run, "fpr_threshold", spy)
     monkeypatch.setattr("diffmem.detect.fusion.fpr_threshold", spy)
-    run.run_bench(tmp_path / "b", model=tiny_bench_model, n_samples=200, seeds="0", steps=20, batch_size=128,
+    run_bench(tmp_path / "b", model=tiny_bench_model, n_samples=200, seeds="0", steps=20, batch_size=128,
                   quiet=True)
     frame = pd.read_parquet(tmp_path / "b" / "samples.parquet")
     rep = frame[frame.split == "report"]

@@ -224,3 +224,63 @@ def test_nan_activations_are_an_error_row(tiny, tmp_path):
     assert s["n_errors"] == 3
     with pytest.raises(DiffmemError, match="NaN"):
         scan(a, folder, tmp_path / "o2", on_error="fail", quiet=True)
+
+
+def test_plain_name_means_the_last_call_with_or_without_call_counts():
+    """A module called three times: ``name`` is its third output whether or not counts are given."""
+    import torch
+    from torch import nn
+    from diffmem.probe.capture import Capture, count_calls
+
+    class Thrice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.lin(self.lin(self.lin(x)))
+    m = Thrice()
+    x = torch.ones(1, 2)
+    expected = m.lin(m.lin(m.lin(x)))
+    counts = count_calls(m, lambda: m(x))
+    for c in (counts, None):
+        with Capture(m, ["lin", "lin@0"], c, early_exit=False) as cap:
+            m(x)
+        assert torch.equal(cap.activations["lin"], expected)
+        assert torch.equal(cap.activations["lin@0"], m.lin(x))
+    with Capture(m, ["lin"], None, early_exit=True) as cap:     # no counts: cannot stop early, still right
+        m(x)
+    assert torch.equal(cap.activations["lin"], expected) and not cap.exited_early
+
+
+def test_dtype_and_device_options(tmp_path):
+    """bfloat16 runs on the CPU with float32 statistics; a GPU, when present, gives float32-close scores."""
+    import torch
+    from diffmem.detect import SpikinessDetector
+    from diffmem.errors import DiffmemError
+    from diffmem.models import load_adapter
+    from diffmem.models.tiny import SAVERS
+    path = SAVERS["unet2d"](tmp_path / "u", seed=0)
+    x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ref = SpikinessDetector(load_adapter(path, device="cpu")).score(x)
+    bf = SpikinessDetector(load_adapter(path, device="cpu", dtype="bfloat16")).score(x)
+    assert bf.dtype == np.float64 and np.isfinite(bf).all() and np.allclose(bf, ref, rtol=0.1)
+    assert load_adapter(path, device="auto").device.type in ("cpu", "cuda", "mps")
+    with pytest.raises(DiffmemError, match="--dtype"):
+        load_adapter(path, dtype="float8")
+    with pytest.raises(DiffmemError, match="--device"):
+        load_adapter(path, device="tpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_scores_match_cpu(tmp_path):
+    import torch
+    from diffmem.detect import SpikinessDetector
+    from diffmem.models import load_adapter
+    from diffmem.models.tiny import SAVERS
+    path = SAVERS["unet2d"](tmp_path / "u", seed=0)
+    x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    cpu = SpikinessDetector(load_adapter(path, device="cpu")).score(x)
+    gpu = SpikinessDetector(load_adapter(path, device="cuda")).score(x)
+    assert np.allclose(cpu, gpu, rtol=1e-3)

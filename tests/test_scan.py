@@ -85,7 +85,7 @@ def test_restart_without_resume_is_refused(model_dir, folder, tmp_path):
 
 def test_ray_engine_equals_local_engine(model_dir, tmp_path):
     pytest.importorskip("ray", reason="Ray not installed (pip install 'diffmem[ray]')")
-    from diffmem.probe.run import run_scan
+    from diffmem.commands.probe import scan as run_scan
     folder = write_pngs(tmp_path / "imgs", 40)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     # one thread, like each Ray worker: kernels then reduce in the same order

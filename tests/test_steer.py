@@ -6,7 +6,7 @@ from diffmem.models import load_adapter
 from diffmem.models.tiny import SAVERS
 from diffmem.probe.sampling import sample
 from diffmem.steer import ConceptVector, parse_window, steering
-from diffmem.steer.run import parse_alphas
+from diffmem.commands.steer import parse_alphas
 from tests.conftest import needs_fmnist
 
 
@@ -108,7 +108,7 @@ def test_window_and_alpha_parsing():
     assert parse_window("last20-2", 40) == (18, 38)
     assert parse_window("last5", 40) == (35, 40)
     for bad in ("30:50", "5:5", "abc", "last50"):
-        with pytest.raises(DiffmemError, match="--steps"):
+        with pytest.raises(DiffmemError, match="--window"):
             parse_window(bad, 40)
     assert parse_alphas("0,0.2,0.4") == [0.0, 0.2, 0.4]
     for bad in ("0,a", "0.2,0.4", "0,0.5,0.2", "0"):
@@ -118,7 +118,7 @@ def test_window_and_alpha_parsing():
 
 @needs_fmnist
 def test_steer_command_on_a_tiny_hybrid_model(tiny_bench_model, tmp_path):
-    from diffmem.steer.run import run_steer
+    from diffmem.commands.steer import steer as run_steer
     import json
     r = run_steer(tmp_path / "s", model=tiny_bench_model, concept="Trouser", alphas="0,1,2", n_per_group=2,
                   pool_size=120, steps=10, window="4:9", n_concept=10, quiet=True)
@@ -131,7 +131,7 @@ def test_steer_command_on_a_tiny_hybrid_model(tiny_bench_model, tmp_path):
             assert grp["output_change_per_unit"] > 0 and 0 <= grp["monotonicity"] <= 1
     assert (tmp_path / "s" / "steer_grid.png").exists() and (tmp_path / "s" / "concept" / "vectors.safetensors").exists()
     for bad, match in (({"concept": "Spaceship"}, "concept"), ({"alphas": "0,x"}, "--alphas"),
-                       ({"window": "5:50"}, "--steps")):
+                       ({"window": "5:50"}, "--window")):
         with pytest.raises(DiffmemError, match=match):
             run_steer(tmp_path / "bad", model=tiny_bench_model, **{"alphas": "0,1", **bad}, quiet=True)
     empty = tmp_path / "empty"

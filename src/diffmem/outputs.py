@@ -43,6 +43,21 @@ def output_dir(out: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def check_out(out: str | os.PathLike | None) -> None:
+    """Validate ``--out`` before any work: not an existing file, and its nearest existing ancestor
+    a writable folder."""
+    if out is None:
+        return
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DiffmemError(f"--out {out}: exists and is not a folder")
+    probe = out if out.exists() else out.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise DiffmemError(f"--out {out}: {probe} is not a writable folder")
+
+
 def _clean(obj: Any) -> Any:
     """Make numpy/torch scalars JSON-safe; NaN/inf become null."""
     if isinstance(obj, dict):

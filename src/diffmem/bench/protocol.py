@@ -51,12 +51,12 @@ def split_overlap(groups: np.ndarray, calib: np.ndarray) -> int:
     return len(set(groups[calib].tolist()) & set(groups[~calib].tolist()))
 
 
-def batches(x: torch.Tensor, keys: Sequence[str], classes: torch.Tensor | None, idx: np.ndarray,
+def batches(x: torch.Tensor, keys: Sequence[str], conditions: np.ndarray | None, idx: np.ndarray,
             size: int) -> Iterator[Batch]:
-    """Batches of the rows ``idx``."""
+    """Batches of the rows ``idx``; ``conditions`` (N,) an object array of class labels or prompts."""
     for i in range(0, len(idx), size):
         j = idx[i:i + size]
-        yield Batch(x[j], [keys[k] for k in j], None if classes is None else classes[j])
+        yield Batch(x[j], [keys[k] for k in j], None if conditions is None else conditions[j])
 
 
 def score_settings(method: Method, settings: Sequence[dict], parts: Iterator[Batch]) -> list[np.ndarray]:

@@ -40,7 +40,7 @@ def make_unet(config: str, size: int, channels: int, num_classes: int | None, se
 
 
 def train_unet(out: str | os.PathLike, data: str = "fashion-mnist", size: int = 16, distinct: int = 2000,
-               dup: str = "10x80,20x20", steps: int = 6000, batch_size: int = 128, lr: float = 1e-3,
+               dup: str = "10x100,20x40", steps: int = 6000, batch_size: int = 128, lr: float = 1e-3,
                label_dropout: float = 0.1, config: str = "bench-s", seed: int = 0, threads: int | None = None,
                quiet: bool = False) -> dict:
     """Train on ``distinct`` images plus duplicated ones and save a diffusers pipeline folder.

@@ -1,4 +1,4 @@
-"""``diffmem eval``: join scores with labels, compute metrics with CIs, draw ROC and score densities."""
+"""Scores joined with labels, ROC curves and score densities (what ``diffmem eval`` uses)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diffmem.detect.metrics import evaluate
 from diffmem.errors import DiffmemError, check
-from diffmem.outputs import output_dir, write_json
 from diffmem.plotting import plt, save
 
 _POSITIVE = {"1", "true", "memorized", "mem", "yes"}
@@ -107,18 +105,3 @@ def plot_kde(scores: np.ndarray, y: np.ndarray, path: Path, title: str = "score"
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     return save(fig, path)
-
-
-def run_eval(scores: str | os.PathLike, out: str | os.PathLike, labels: str | os.PathLike | None = None,
-             column: str = "score", n_boot: int = 1000, seed: int = 0, quiet: bool = False) -> dict:
-    """``DIR/metrics.json`` (auroc, auroc_ci, tpr_at_1pct_fpr, tpr_at_1pct_fpr_wen, their CIs, counts),
-    ``DIR/roc.png`` and ``DIR/score_kde.png``."""
-    df = join_labels(read_scores(scores), read_labels(labels) if labels else None, str(scores))
-    check(column in df.columns, f"{scores}: no column {column!r}")
-    s, y = df[column].to_numpy(dtype=float), df["y"].to_numpy()
-    metrics = {"column": column, "sign": "+", **evaluate(s, y, n_boot=n_boot, seed=seed)}
-    with output_dir(out) as tmp:
-        write_json(tmp / "metrics.json", metrics)
-        plot_roc({column: (s, y)}, tmp / "roc.png")
-        plot_kde(s, y, tmp / "score_kde.png", column)
-    return metrics

@@ -44,11 +44,12 @@ SHARPNESS_STEP = 0.05     # central-difference step along the unit Δs direction
 
 @dataclass
 class Batch:
-    """Images x (B, C, H, W) in [-1, 1], their keys (noise seeds) and classes (B,) or None."""
+    """Images x (B, C, H, W) in [-1, 1], their keys (noise seeds) and conditions (B,) — class labels
+    or prompts — or None."""
 
     x: torch.Tensor
     keys: list[str]
-    classes: torch.Tensor | None = None
+    conditions: Sequence | None = None
 
 
 @dataclass
@@ -90,7 +91,7 @@ class _Forwards:
     @torch.no_grad()
     def eps_cond(self) -> torch.Tensor:
         if "cond" not in self._cache:
-            cond = self.adapter.condition(self.b.classes.tolist())
+            cond = self.adapter.condition(list(self.b.conditions))
             self._cache["cond"] = self.adapter.predict_eps(self.z_t, self.t, cond).float()
         return self._cache["cond"]
 
@@ -208,7 +209,7 @@ def sharpness_method(adapter: Adapter, ts: Sequence[int], seed: int, step: float
         ds = -(f.eps_cond() - f.eps_null()) / sigma                              # (B, C', H', W')
         n = _flat_norm(ds).clamp_min(1e-12)                                      # (B,)
         v = ds / n.view(-1, *[1] * (ds.ndim - 1))                                 # unit direction
-        cond = a.condition(f.b.classes.tolist())
+        cond = a.condition(list(f.b.conditions))
         null = a.null_condition(len(ds))
         with torch.no_grad():
             zz = torch.cat([f.z_t + step * v, f.z_t + step * v, f.z_t - step * v, f.z_t - step * v])

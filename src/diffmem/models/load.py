@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from diffmem.errors import DiffmemError
+from diffmem.errors import DiffmemError, check
+from diffmem.models.record import ModelRecord
 from diffmem.probe.adapters import Adapter, DiTAdapter, StableDiffusionAdapter, TheoryAdapter, UNet2DAdapter
 
 FAMILIES = ("stable_diffusion", "dit", "unet2d", "theory")
@@ -32,6 +33,8 @@ def quiet_libraries() -> None:
     for lib in (diffusers.utils.logging, transformers.utils.logging):
         lib.set_verbosity_error()
         lib.disable_progress_bar()
+
+
 _PIPELINES = {"StableDiffusionPipeline": "stable_diffusion", "DiTPipeline": "dit",
               "DDPMPipeline": "unet2d", "DDIMPipeline": "unet2d"}
 _MODELS = {"UNet2DModel": "unet2d", "DiTTransformer2DModel": "dit", "Transformer2DModel": "dit",
@@ -40,9 +43,11 @@ _MODELS = {"UNet2DModel": "unet2d", "DiTTransformer2DModel": "dit", "Transformer
 
 def _read(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DiffmemError(f"{path}: unreadable config ({exc})") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DiffmemError(f"{path}: unreadable config ({type(exc).__name__}: {exc})") from None
+    check(isinstance(data, dict), f"{path}: a config must be a JSON object, got {type(data).__name__}")
+    return data
 
 
 def detect_family(path: str | os.PathLike) -> str:
@@ -64,8 +69,11 @@ def _component(cls, path: Path, allow_pickle: bool, **kw):
     try:
         return cls.from_pretrained(path, local_files_only=True,
                                    **({} if allow_pickle else {"use_safetensors": True}), **kw)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise DiffmemError(f"{path}: could not load {cls.__name__} ({str(exc).splitlines()[0]})") from None
+    except (OSError, ValueError, EnvironmentError, RuntimeError, TypeError) as exc:
+        pickled = not allow_pickle and any(path.glob("*.bin")) and not any(path.glob("*.safetensors"))
+        hint = "; its weights are a pickle format: pass --allow-pickle to unpickle them" if pickled else ""
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DiffmemError(f"{path}: could not load {cls.__name__} ({first}){hint}") from None
 
 
 def _scheduler(path: Path):
@@ -78,17 +86,52 @@ def _scheduler(path: Path):
     return None
 
 
-def load_adapter(path: str | os.PathLike, allow_pickle: bool = False, device: str = "cpu") -> Adapter:
-    """Load the model folder ``path`` as an :class:`~diffmem.probe.adapters.Adapter`."""
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` → cuda if available, else mps, else cpu; ``cuda:N`` must name a visible GPU."""
+    import re
+    device = str(device)
+    check(device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", device) is not None,
+          f"--device {device!r}: one of auto, cpu, cuda, cuda:N, mps")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if device.startswith("cuda"):
+        n = torch.cuda.device_count()
+        k = int(device.split(":")[1]) if ":" in device else 0
+        check(k < n, f"--device {device}: {n} CUDA device(s) visible")
+    if device == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        check(mps is not None and mps.is_available(), "--device mps: MPS is not available here")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str = "float32") -> torch.dtype:
+    check(dtype in DTYPES, f"--dtype {dtype!r}: one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_adapter(path: str | os.PathLike, allow_pickle: bool = False, device: str = "cpu",
+                 dtype: str = "float32") -> Adapter:
+    """Load the model folder ``path`` as an :class:`~diffmem.probe.adapters.Adapter` on ``device``
+    (auto|cpu|cuda|cuda:N|mps) in ``dtype`` (float32|float16|bfloat16); its ``record`` is the
+    folder's :class:`~diffmem.models.record.ModelRecord` (None without ``diffmem.json``)."""
     path = Path(path)
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
     family = detect_family(path)
+    record = ModelRecord.read(path)
     quiet_libraries()
-    record = _read(path / "diffmem.json") if (path / "diffmem.json").exists() else {}
     import diffusers
     if family == "theory":
-        adapter = _load_theory(path)
+        adapter = _load_theory(path, record)
     elif family == "stable_diffusion":
         from transformers import CLIPTextModel, CLIPTokenizer
+        _need_folders(path, ("unet", "vae", "text_encoder", "tokenizer"))
         try:
             tok = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
         except (OSError, ValueError) as exc:
@@ -96,21 +139,30 @@ def load_adapter(path: str | os.PathLike, allow_pickle: bool = False, device: st
         adapter = StableDiffusionAdapter(
             _component(diffusers.UNet2DConditionModel, path / "unet", allow_pickle),
             _component(diffusers.AutoencoderKL, path / "vae", allow_pickle),
-            _component(CLIPTextModel, path / "text_encoder", allow_pickle), tok, _scheduler(path))
+            _component(CLIPTextModel, path / "text_encoder", allow_pickle), tok, _scheduler(path),
+            path=path, record=record)
     elif family == "dit":
-        root = path / "transformer" if (path / "model_index.json").exists() else path
+        pipeline = (path / "model_index.json").exists()
+        if pipeline:
+            _need_folders(path, ("transformer",))
+        root = path / "transformer" if pipeline else path
         vae = _component(diffusers.AutoencoderKL, path / "vae", allow_pickle) if (path / "vae").is_dir() else None
-        adapter = DiTAdapter(_component(diffusers.DiTTransformer2DModel, root, allow_pickle), _scheduler(path), vae)
+        adapter = DiTAdapter(_component(diffusers.DiTTransformer2DModel, root, allow_pickle), _scheduler(path), vae,
+                             path=path, record=record)
     else:
-        root = path / "unet" if (path / "model_index.json").exists() else path
+        pipeline = (path / "model_index.json").exists()
+        if pipeline:
+            _need_folders(path, ("unet",))
+        root = path / "unet" if pipeline else path
         adapter = UNet2DAdapter(_component(diffusers.UNet2DModel, root, allow_pickle), _scheduler(path),
-                                null_class=record.get("null_class"))
-    adapter.path, adapter.record = path, record
-    adapter.denoiser.to(device)
-    for m in (getattr(adapter, "vae", None), getattr(adapter, "text_encoder", None)):
-        if m is not None:
-            m.to(device)
-    return adapter
+                                null_class=None if record is None else record.null_class, path=path, record=record)
+    return adapter.to(dev, dt)
+
+
+def _need_folders(path: Path, names) -> None:
+    missing = [n for n in names if not (path / n).is_dir()]
+    check(not missing, f"{path}: missing component folder(s) {', '.join(missing)} (models load from local "
+                       f"folders only)")
 
 
 def save_theory_model(model: torch.nn.Module, image_shape: tuple[int, int, int], path: str | os.PathLike) -> Path:
@@ -131,7 +183,7 @@ def save_theory_model(model: torch.nn.Module, image_shape: tuple[int, int, int],
     return path
 
 
-def _load_theory(path: Path) -> TheoryAdapter:
+def _load_theory(path: Path, record: ModelRecord | None = None) -> TheoryAdapter:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from diffmem.theory.diffusion import ReLUDiffusion
@@ -148,4 +200,4 @@ def _load_theory(path: Path) -> TheoryAdapter:
         shape = tuple(int(v) for v in cfg["image_shape"])
     except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
         raise DiffmemError(f"{path}: not a valid theory model ({exc})") from None
-    return TheoryAdapter(model, shape)
+    return TheoryAdapter(model, shape, path=path, record=record)

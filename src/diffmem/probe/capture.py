@@ -17,6 +17,9 @@ from torch import nn
 from diffmem.errors import DiffmemError
 
 
+LAST = -1      # call index meaning "the last call", when the module's calls per forward are unknown
+
+
 class _EarlyExit(Exception):
     """Raised inside a hook to abandon the rest of the forward pass."""
 
@@ -62,8 +65,10 @@ class Capture:
     """``with Capture(model, names, call_counts) as cap: forward(...)`` then ``cap.activations``.
 
     ``call_counts`` maps module name → calls per forward (from :func:`count_calls`); it resolves
-    plain names to their last call. With ``early_exit`` the forward is stopped (and the exception
-    swallowed by this context manager) as soon as every requested output has been recorded.
+    plain names to their last call. Without counts for a module, a plain name still means its last
+    call: every call overwrites the record, and that layer cannot end the forward early. With
+    ``early_exit`` the forward is stopped (and the exception swallowed by this context manager) as
+    soon as every requested output has been recorded.
     """
 
     def __init__(self, model: nn.Module, names: list[str], call_counts: dict[str, int] | None = None,
@@ -77,7 +82,12 @@ class Capture:
         self._handles: list = []
         self._calls: dict[str, int] = {}
         self._want: dict[str, dict[int, str]] = {}
+        self._open: set[str] = set()                   # plain names of modules with unknown call counts
         for ref in self.refs:
+            if ref.call is None and ref.module not in self.counts:
+                self._open.add(ref.key)
+                self._want.setdefault(ref.module, {})[LAST] = ref.key
+                continue
             n = self.counts.get(ref.module, 1)
             call = n - 1 if ref.call is None else ref.call
             if call >= n and ref.module in self.counts:
@@ -88,11 +98,11 @@ class Capture:
         def hook(_module, _inputs, output):
             k = self._calls.get(name, 0)
             self._calls[name] = k + 1
-            key = self._want[name].get(k)
-            if key is not None:
-                self.activations[key] = _first_tensor(output).detach()
-                if self.early_exit and len(self.activations) == len(self.refs):
-                    raise _EarlyExit
+            for key in (self._want[name].get(k), self._want[name].get(LAST)):
+                if key is not None:
+                    self.activations[key] = _first_tensor(output).detach()
+            if self.early_exit and not self._open and len(self.activations) == len(self.refs):
+                raise _EarlyExit
         return hook
 
     def __enter__(self) -> "Capture":

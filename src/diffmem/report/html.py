@@ -134,8 +134,3 @@ def build_report(root: str | os.PathLike, out_name: str = "report.html") -> Path
     tmp.write_text(html)
     os.replace(tmp, out)
     return out
-
-
-def run_report(directory: str | os.PathLike, quiet: bool = False) -> dict:
-    """CLI entry: build the report and return its path."""
-    return {"report": str(build_report(directory))}

@@ -32,11 +32,11 @@ class _ScanWorker:
     """One model per actor process, ``threads`` torch threads each (1: workers share the cores)."""
 
     def __init__(self, model: str, settings: dict, on_error: str, batch_size: int, allow_pickle: bool,
-                 out_parts: str, threads: int):
+                 out_parts: str, threads: int, device: str = "cpu", dtype: str = "float32"):
         import torch
         torch.set_num_threads(threads)
         from diffmem.models import load_adapter
-        self.adapter = load_adapter(model, allow_pickle=allow_pickle)
+        self.adapter = load_adapter(model, allow_pickle=allow_pickle, device=device, dtype=dtype)
         self.settings, self.on_error, self.batch_size = settings, on_error, batch_size
         self.parts = Path(out_parts)
 
@@ -54,11 +54,11 @@ def scan_ray(model: str | os.PathLike, images: str | os.PathLike, out: str | os.
              t: float | None = None, pool: str | None = None, batch_size: int = 32, repeats: int = 1, seed: int = 0,
              on_error: str = "skip", resume: bool = False, workers: int = 2, ray_address: str | None = None,
              allow_pickle: bool = False, part_size: int = 256, threads: int = 1, detector: str | None = None,
-             quiet: bool = False) -> dict:
+             device: str = "cpu", dtype: str = "float32", quiet: bool = False) -> dict:
     """Scan with Ray Data; same outputs as :func:`diffmem.scan.scan`."""
     from diffmem.models import load_adapter
     ray = _import_ray()
-    adapter = load_adapter(model, allow_pickle=allow_pickle)
+    adapter = load_adapter(model, allow_pickle=allow_pickle, device=device, dtype=dtype)
     settings = scan_settings(adapter, layer, t, pool, repeats, seed, detector=detector)
     records = [it.record() for it in iter_inputs(images, adapter.image_size, adapter.image_channels)]
     out = Path(out)
@@ -67,14 +67,14 @@ def scan_ray(model: str | os.PathLike, images: str | os.PathLike, out: str | os.
     with committed_parts(out, settings, resume) as done:
         todo = [r for r in records if r["index"] not in done]
         _run_pipeline(ray, todo, parts, model, settings, on_error, batch_size, allow_pickle, part_size, workers,
-                      ray_address, threads, quiet)
+                      ray_address, threads, quiet, device=str(adapter.device), dtype=dtype)
     return finalize(out, settings, {"model": str(model), "images": str(images), "engine": "ray", "workers": workers,
                                     "seconds": time.perf_counter() - t0, "new_rows": len(todo)})
 
 
 def _run_pipeline(ray, todo: list[dict], parts: Path, model, settings: dict, on_error: str, batch_size: int,
                   allow_pickle: bool, part_size: int, workers: int, ray_address: str | None, threads: int,
-                  quiet: bool) -> None:
+                  quiet: bool, device: str = "cpu", dtype: str = "float32") -> None:
     """Start (or join) Ray, score ``todo`` through the actor pool, and shut a Ray we started down."""
     started = not ray.is_initialized()
     if started:
@@ -93,7 +93,7 @@ def _run_pipeline(ray, todo: list[dict], parts: Path, model, settings: dict, on_
                                 fn_constructor_kwargs={"model": str(model), "settings": settings,
                                                        "on_error": on_error, "batch_size": batch_size,
                                                        "allow_pickle": allow_pickle, "out_parts": str(parts),
-                                                       "threads": threads})
+                                                       "threads": threads, "device": device, "dtype": dtype})
             ds.materialize()
     except Exception as exc:  # Ray wraps a worker's DiffmemError: surface it as one line
         text = str(exc)

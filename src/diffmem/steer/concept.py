@@ -17,36 +17,24 @@ from diffmem.probe.represent import generators, represent
 MODES = ("mean", "mean_diff")
 
 
-def default_layers(adapter: Adapter) -> list[str]:
-    """The released recipe's layers, mapped to any UNet: every resnet of ``up_blocks.0`` and the
-    first two of ``up_blocks.1`` (SD v1.4: up_blocks.0.resnets.0–2, up_blocks.1.resnets.0–1)."""
-    up = getattr(adapter.denoiser, "up_blocks", None)
-    if up is None:
-        blocks = getattr(adapter.denoiser, "transformer_blocks", None)
-        check(blocks is not None, f"{adapter.family}: pass --layers explicitly")
-        n = len(blocks)
-        return [f"transformer_blocks.{i}" for i in range(n // 2, n)]
-    names = [f"up_blocks.0.resnets.{i}" for i in range(len(up[0].resnets))]
-    if len(up) > 1:
-        names += [f"up_blocks.1.resnets.{i}" for i in range(min(2, len(up[1].resnets)))]
-    return names
-
-
 class ConceptVector:
     """``fit(positives, negatives=None)`` → ``vectors_`` {layer: (C,)}.
 
     mode ``mean``: mean over positives of the pooled activation (the paper's released code);
     ``mean_diff``: positives' mean minus negatives' mean (h-space style, Haas et al.). Activations
     are taken at timestep ``t`` with the positives' condition ``cond`` (e.g. the concept's class;
-    default null) and pooled by ``pool`` (spatial mean). ``weights`` scale each layer's vector.
+    default null) and pooled by ``pool`` (default: the family's steering pool, spatial or token
+    mean). Layers default to the family's steering recipe (``adapter.steering_layers()``).
+    ``weights`` scale each layer's vector.
     """
 
     def __init__(self, adapter: Adapter | None = None, layers: Sequence[str] | None = None, t: float = 10,
-                 mode: str = "mean", pool: str = "spatial_mean", weights: dict[str, float] | None = None,
+                 mode: str = "mean", pool: str | None = None, weights: dict[str, float] | None = None,
                  seed: int = 0, batch_size: int = 64):
         check(mode in MODES, f"mode {mode!r}: one of {', '.join(MODES)}")
-        self.adapter, self.t, self.mode, self.pool = adapter, t, mode, pool
-        self.layers = list(layers) if layers else (default_layers(adapter) if adapter is not None else [])
+        self.adapter, self.t, self.mode = adapter, t, mode
+        self.pool = pool or (adapter.steering_pool if adapter is not None else "spatial_mean")
+        self.layers = list(layers) if layers else (adapter.steering_layers() if adapter is not None else [])
         self.weights, self.seed, self.batch_size = dict(weights or {}), seed, batch_size
 
     def _mean(self, images: torch.Tensor, cond_value) -> dict[str, torch.Tensor]:

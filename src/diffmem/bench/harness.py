@@ -1,0 +1,161 @@
+"""The benchmark's library half: a model's training and held-out images from its training record,
+and one seed of the protocol (:mod:`diffmem.bench.protocol`) over every method and our detector."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from diffmem.bench.data import ASSETS, fashion_mnist_reference, fashion_mnist_train
+from diffmem.bench.dataset import load_source
+from diffmem.bench.labels import label_samples
+from diffmem.bench.protocol import (aggregate, batches, evaluate_report, grouped_split, score_settings,
+                                    split_overlap, summarize, thresholds, timed_against, tune)
+from diffmem.detect.detector import candidate_layers, image_keys
+from diffmem.detect.fusion import FusionDetector
+from diffmem.detect.methods import T_CANDIDATES, peer_methods
+from diffmem.detect.metrics import fpr_threshold
+from diffmem.errors import check
+from diffmem.outputs import progress
+from diffmem.probe.adapters import Adapter
+from diffmem.probe.represent import generators
+from diffmem.probe.sampling import sample_images
+
+HYBRID = ASSETS / "bench" / "hybrid"
+DETECTOR = "fusion"      # the name of our shipped detector's method row
+
+__all__ = ["DETECTOR", "HYBRID", "aggregate", "bench_seed", "reference_images", "require_record",
+           "summarize", "training_images"]
+
+
+def require_record(adapter: Adapter, why: str = "exact labels need the training set") -> None:
+    """Fail before any work when the model has no training record (``diffmem.json``)."""
+    check(adapter.record is not None, f"{adapter.path or 'model'}: no diffmem.json training record; {why}")
+
+
+def _source(adapter: Adapter) -> tuple[np.ndarray, np.ndarray | None]:
+    rec = adapter.record
+    images, labels = load_source(rec.data, rec.size)
+    check(images.shape[1] == adapter.image_channels and images.shape[-1] == adapter.image_size,
+          f"{rec.data}: training images of shape {images.shape[1:]} do not match the model's "
+          f"({adapter.image_channels}, {adapter.image_size}, {adapter.image_size})")
+    check(max(rec.indices) < len(images), f"{rec.data}: the training record indexes past its {len(images)} images")
+    return images, labels
+
+
+def training_images(adapter: Adapter) -> tuple[torch.Tensor, np.ndarray]:
+    """The distinct training images (M, C, H, W) in [-1, 1] of a model with a training record, and
+    how often each was seen (M,)."""
+    require_record(adapter)
+    rec = adapter.record
+    if rec.data == "fashion-mnist":
+        train = fashion_mnist_train(list(rec.indices), rec.size)
+    else:
+        train = torch.from_numpy(_source(adapter)[0][np.asarray(rec.indices)])
+    return train, np.asarray(rec.copies)
+
+
+def reference_images(adapter) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Held-out real images the model never trained on (N, C, H, W) in [-1, 1], and their classes
+    (None when the data set has none)."""
+    require_record(adapter, "held-out reference images come from its training data")
+    rec = adapter.record
+    if rec.data == "fashion-mnist":
+        return fashion_mnist_reference(rec.size)
+    images, labels = _source(adapter)
+    unused = np.setdiff1d(np.arange(len(images)), rec.indices)
+    check(len(unused) >= 4, f"{rec.data}: no held-out images left for reference statistics")
+    return torch.from_numpy(images[unused]), None if labels is None else labels[unused]
+
+
+def _scores(method, setting, x, keys, classes, idx, batch_size):
+    return score_settings(method, [setting], batches(x, keys, classes, idx, batch_size))[0]
+
+
+def bench_seed(adapter: Adapter, train: torch.Tensor, copies: np.ndarray, reference: torch.Tensor,
+               ref_conditions, n: int, guidance: float, steps: int, calib_frac: float, fpr: float,
+               batch_size: int, seed: int, quiet: bool = False, prompts=None) -> dict:
+    """One seed of the protocol: sample n images (the model's default conditions, or ``prompts``),
+    label them exactly, split them by nearest training image, tune every method on calibration,
+    measure it on the report split; the fusion detector is fitted on calibration as well.
+    ``ref_conditions`` (class labels of ``reference``, or None) feed methods that need a condition."""
+    conds = adapter.conditions(n, prompts=prompts)
+    t0 = time.perf_counter()
+    x = sample_images(adapter, n, conds, guidance, steps, "ddim", seed, batch_size, quiet)
+    sample_seconds = time.perf_counter() - t0
+    lab = label_samples(x, train, copies)
+    y = lab["memorized"].astype(int)
+    check(y.sum() >= 4 and (1 - y).sum() >= 4,
+          f"seed {seed}: only {int(y.sum())} memorized and {int((1 - y).sum())} generalized samples: too few")
+    keys = image_keys(x)
+    classes = None if conds is None else np.asarray(conds, dtype=object)
+    calib = grouped_split(y, lab["nearest"], calib_frac, seed)
+    cal, rep = np.flatnonzero(calib), np.flatnonzero(~calib)
+    check(0 < y[cal].sum() < len(cal) and 0 < y[rep].sum() < len(rep),
+          f"seed {seed}: the grouped split left one side without memorized or generalized samples")
+    half = len(reference) // 2                          # NeMo's statistics | unlabelled thresholds
+    ref_b = reference[half:]
+    ref_keys = image_keys(ref_b)
+    ref_cls = None if ref_conditions is None or classes is None or adapter.condition_kind != "class" \
+        else np.asarray(ref_conditions, dtype=object)[half:]
+    ref_idx = np.arange(len(ref_b))
+    layers = candidate_layers(adapter)
+    conditional = classes is not None
+    methods = peer_methods(adapter, layers, reference[:half], train, seed, T_CANDIDATES, conditional)
+    yr, hard = y[rep], lab["hard_negative"][rep]
+    results, tuning, report_scores = {}, {}, {}
+    forward = lambda: _denoise_all(adapter, x, keys, rep, batch_size)  # noqa: E731
+    forward()                                                          # warm-up
+    for m in progress(methods, desc=f"methods (seed {seed})", disable=quiet):
+        cal_scores = score_settings(m, m.settings, batches(x, keys, classes, cal, batch_size))
+        best, sign, table = tune(m, cal_scores, y[cal])
+        setting = m.settings[best]
+        s_rep, secs, ref_secs = timed_against(lambda: _scores(m, setting, x, keys, classes, rep, batch_size),
+                                              forward)
+        s_rep = sign * s_rep
+        ref_s = (sign * _scores(m, setting, ref_b, ref_keys, ref_cls, ref_idx, batch_size)
+                 if ref_cls is not None or not m.needs_condition else None)
+        deploy, unl = thresholds(sign * cal_scores[best][y[cal] == 0], ref_s, fpr)
+        results[m.name] = {**evaluate_report(s_rep, yr, hard, deploy, unl, fpr),
+                           "seconds_per_image": secs / len(rep), "forward_fraction": secs / ref_secs,
+                           "needs_condition": m.needs_condition, "needs_training_data": m.needs_training_data,
+                           "needs_gradients": m.needs_gradients}
+        tuning[m.name] = {"chosen": setting, "sign": "+" if sign > 0 else "-", "sign_flipped": sign < 0,
+                          "description": m.description, "candidates": table}
+        report_scores[m.name] = s_rep
+    det = FusionDetector(adapter, ts=T_CANDIDATES, layers=layers, fpr=fpr, batch_size=batch_size, seed=seed)
+    det.fit(x[cal], y[cal], groups=lab["nearest"][cal], keys=[keys[k] for k in cal])
+    s_rep, secs, ref_secs = timed_against(lambda: det.score(x[rep], [keys[k] for k in rep]), forward)
+    unl = fpr_threshold(det.score(ref_b, ref_keys), fpr)
+    results[DETECTOR] = {**evaluate_report(s_rep, yr, hard, det.threshold_, unl, fpr),
+                         "seconds_per_image": secs / len(rep), "forward_fraction": secs / ref_secs,
+                         "needs_condition": False, "needs_training_data": False, "needs_gradients": False}
+    tuning[DETECTOR] = {"chosen": {"t": det.t_, "features": det.features_}, "sign": "+", "sign_flipped": False,
+                        "description": "logistic fusion of one forward's spikiness statistics and denoising "
+                                       "residual, fitted on calibration (ours)", "selection": det.selection_}
+    report_scores[DETECTOR] = s_rep
+    frame = pd.DataFrame({"seed": seed, "sample": np.arange(n), "condition": conds,
+                          "split": np.where(calib, "calibration", "report"), **lab})
+    for name, s in report_scores.items():
+        frame.loc[~calib, f"score_{name}"] = s
+    counts = {"calibration": {"memorized": int(y[cal].sum()), "generalized": int(len(cal) - y[cal].sum())},
+              "report": {"memorized": int(yr.sum()), "generalized": int(len(rep) - yr.sum()),
+                         "hard_negative": int((hard & (yr == 0)).sum())},
+              "overlap": split_overlap(lab["nearest"], calib), "n_memorized": int(y.sum()),
+              "memorized_copies_duplicated": float(lab["nearest_duplicated"][y == 1].mean()),
+              "sample_seconds": sample_seconds}
+    return {"results": results, "tuning": tuning, "frame": frame, "counts": counts, "detector": det,
+            "x": x, "lab": lab, "calib": calib, "scores": report_scores}
+
+
+@torch.no_grad()
+def _denoise_all(adapter, x, keys, idx, batch_size) -> None:
+    """One plain denoiser forward (null condition, t = 10) over the rows idx: the cost unit."""
+    for b in batches(x, keys, None, idx, batch_size):
+        z = adapter.prepare(b.x)
+        adapter.denoise(adapter.noise(z, T_CANDIDATES[0], generators(0, b.keys)), T_CANDIDATES[0], None)
+
+

@@ -1,0 +1,147 @@
+"""``diffmem sample`` and ``diffmem bench``: sample a model, label exactly, compare every method."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+
+from diffmem.bench.harness import (DETECTOR, HYBRID, aggregate, bench_seed, reference_images, require_record,
+                                   summarize, training_images)
+from diffmem.bench.labels import COPY_RATIO, label_samples
+from diffmem.commands.options import (AllowPickle, BatchSize, Classes, Device, DType, Guidance, Model, Opt, Out,
+                                      Prompts, Quiet, Seed, Steps, listed, read_prompts)
+from diffmem.detect.evaluation import plot_kde, plot_roc
+from diffmem.detect.methods import T_CANDIDATES
+from diffmem.errors import check
+from diffmem.models import load_adapter
+from diffmem.outputs import check_out, output_dir, write_json
+from diffmem.plotting import plt, save, show_images
+from diffmem.probe.sampling import sample_images
+
+
+def sample(model: Model, out: Out, n: Annotated[int, Opt("samples to draw", min=1)] = 64,
+           classes: Classes = None, prompts: Prompts = None, guidance: Guidance = 1.0, steps: Steps = 50,
+           sampler: Annotated[str, Opt("ddim (deterministic) or ddpm (ancestral)", choices=("ddim", "ddpm"))] = "ddim",
+           batch_size: BatchSize = 128, device: Device = "auto", dtype: DType = "float32",
+           allow_pickle: AllowPickle = False, seed: Seed = 0, quiet: Quiet = False) -> dict:
+    """Sample a model (DDIM/DDPM, classifier-free guidance; decoded through the VAE for latent models)
+    and label each sample against its training set when the model has a training record.
+
+    Writes ``DIR/images/NNNNN.png`` (RGB or gray) and ``DIR/manifest.jsonl`` (path, class or prompt, and
+    with a training record: nearest, d1, d2, ratio, memorized, nearest_duplicated, hard_negative, label)."""
+    from PIL import Image
+    check_out(out)
+    prompt_list = read_prompts(prompts)
+    adapter = load_adapter(model, allow_pickle, device, dtype)
+    conds = adapter.conditions(n, classes=listed(classes, int, "--classes"), prompts=prompt_list)
+    train = training_images(adapter) if adapter.record is not None else None
+    x = sample_images(adapter, n, conds, guidance, steps, sampler, seed, batch_size, quiet)
+    lab = label_samples(x, *train) if train is not None else None
+    with output_dir(out) as tmp:
+        (tmp / "images").mkdir()
+        rows = []
+        for j, im in enumerate(x):
+            name = f"images/{j:05d}.png"
+            px = ((im + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+            Image.fromarray(px[0] if px.shape[0] == 1 else px.transpose(1, 2, 0)).save(tmp / name)
+            row = {"path": name, "seed": seed, "guidance": guidance}
+            if conds is not None:
+                row["class" if adapter.condition_kind == "class" else "prompt"] = conds[j]
+            if lab is not None:
+                row.update({k: (v[j].item() if hasattr(v[j], "item") else v[j]) for k, v in lab.items()})
+                row["label"] = int(lab["memorized"][j])
+            rows.append(row)
+        (tmp / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"n": n, "guidance": guidance, "steps": steps, "sampler": sampler,
+               "image_shape": list(x.shape[1:])}
+    if lab is not None:
+        summary["n_memorized"] = int(lab["memorized"].sum())
+    return summary
+
+
+def bench(out: Out, model: Annotated[str | None, Opt("model folder with a training record (default: the shipped "
+                                                     "hybrid model)", metavar="DIR")] = None,
+          quick: Annotated[bool, Opt("600 samples and one seed (the demo's setting)")] = False,
+          n_samples: Annotated[int | None, Opt("samples per seed (default 1500, or 600 with --quick)", min=16)] = None,
+          seeds: Annotated[str | None, Opt("comma-separated seeds, each drawing samples and split anew "
+                                           "(default: SEED,SEED+1,SEED+2; SEED alone with --quick)",
+                                           list_of=int)] = None,
+          prompts: Prompts = None, guidance: Guidance = 1.0, steps: Steps = 50,
+          calib_frac: Annotated[float, Opt("calibration share of the samples", above=0, max=0.95)] = 0.5,
+          fpr: Annotated[float, Opt("target false-positive rate of the fitted thresholds", above=0, max=0.5)] = 0.01,
+          batch_size: BatchSize = 256, device: Device = "auto", dtype: DType = "float32",
+          allow_pickle: AllowPickle = False, seed: Seed = 0, quiet: Quiet = False) -> dict:
+    """The memorization benchmark under the protocol of :mod:`diffmem.bench.protocol`, once per seed.
+
+    Writes ``bench.json`` (figures as {mean, sd, per_seed}), ``bench.md``, ``tuning.json``,
+    ``samples.parquet``, ``roc.png``, ``score_kde.png``, ``top_memorized.png`` (first seed) and
+    ``detector/`` (the fusion detector fitted on the first seed's calibration split).
+    """
+    check_out(out)
+    seeds = listed(seeds, int, "--seeds")
+    seed_list = list(seeds) if seeds is not None else ([seed] if quick else [seed, seed + 1, seed + 2])
+    check(len(set(seed_list)) == len(seed_list), f"--seeds {seeds}: need distinct seeds")
+    prompt_list = read_prompts(prompts)
+    adapter = load_adapter(model or HYBRID, allow_pickle, device, dtype)
+    require_record(adapter)
+    train, copies = training_images(adapter)
+    reference, ref_conditions = reference_images(adapter)
+    n = n_samples or (600 if quick else 1500)
+    t0 = time.perf_counter()
+    runs = [bench_seed(adapter, train, copies, reference, ref_conditions, n, guidance, steps, calib_frac, fpr,
+                       batch_size, s, quiet, prompts=prompt_list) for s in seed_list]
+    first = runs[0]
+    result = {
+        "seeds": seed_list, "detector": DETECTOR,
+        "split": {"grouped_by": "nearest_training_image", "overlap": max(r["counts"]["overlap"] for r in runs),
+                  "calibration_fraction": calib_frac, "stratified_by": "group holds a memorized sample",
+                  "per_seed": [{k: r["counts"][k] for k in ("calibration", "report", "overlap")} for r in runs]},
+        "methods": aggregate([r["results"] for r in runs]),
+        "n_memorized": summarize([r["counts"]["n_memorized"] for r in runs]),
+        "memorized_copies_duplicated": summarize([r["counts"]["memorized_copies_duplicated"] for r in runs]),
+        "sample_seconds": summarize([r["counts"]["sample_seconds"] for r in runs]),
+        "model": str(model) if model else "shipped hybrid", "guidance": guidance, "sampler": "ddim",
+        "steps": steps, "n_samples": n, "fpr": fpr, "copy_ratio": COPY_RATIO, "t_candidates": list(T_CANDIDATES),
+        "n_reference": {"nemo_statistics": len(reference) // 2,
+                        "unlabelled_threshold": len(reference) - len(reference) // 2},
+        "seconds": time.perf_counter() - t0,
+    }
+    frame = pd.concat([r["frame"] for r in runs], ignore_index=True)
+    with output_dir(out) as tmp:
+        write_json(tmp / "bench.json", result)
+        write_json(tmp / "tuning.json", {str(s): r["tuning"] for s, r in zip(seed_list, runs)})
+        (tmp / "bench.md").write_text(bench_table(result))
+        frame.to_parquet(tmp / "samples.parquet", index=False)
+        y0 = first["lab"]["memorized"][~first["calib"]].astype(int)
+        plot_roc({k: (v, y0) for k, v in first["scores"].items()}, tmp / "roc.png",
+                 f"report split, seed {seed_list[0]}")
+        plot_kde(first["scores"][DETECTOR], y0, tmp / "score_kde.png", f"{DETECTOR} score (report split)")
+        _plot_top(first["x"], train, first["lab"], first["scores"][DETECTOR], ~first["calib"],
+                  tmp / "top_memorized.png")
+        first["detector"].save(tmp / "detector")
+    return result
+
+
+def bench_table(r: dict) -> str:
+    """Markdown table of bench.json's methods (mean ± sd over seeds)."""
+    from diffmem.report.html import bench_rows
+    t = bench_rows(r)
+    lines = [f"# Memorization benchmark (seeds {', '.join(map(str, r['seeds']))}; guidance {r['guidance']}; "
+             f"split grouped by nearest training image, overlap {r['split']['overlap']})", "",
+             "| " + " | ".join(t["head"]) + " |", "|" + "---|" * len(t["head"])]
+    lines += ["| " + " | ".join(row) + " |" for row in t["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_top(x, train, lab, spk, report, path: Path, k: int = 12) -> Path:
+    idx = np.flatnonzero(report)[np.argsort(-spk)[:k]]
+    fig, axes = plt.subplots(2, 1, figsize=(10, 2.6))
+    show_images(axes[0], x[idx].numpy(), k, "highest spikiness (report split)")
+    show_images(axes[1], train[lab["nearest"][idx]].numpy(), k,
+                "nearest training image; ratio " + " ".join(f"{r:.2f}" for r in lab["ratio"][idx]))
+    return save(fig, path)

@@ -1,0 +1,153 @@
+"""The probe's commands: ``diffmem layers``, ``diffmem scan``, ``diffmem bench probe`` and ``diffmem bench scan``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Annotated
+
+import pandas as pd
+import torch
+
+from diffmem.commands.options import AllowPickle, BatchSize, Device, DType, Model, Opt, Out, Quiet, Seed
+from diffmem.models import load_adapter
+from diffmem.outputs import check_out, output_dir, write_json
+from diffmem.probe.pooling import POOLS
+from diffmem.probe.represent import capture_layers, generators
+
+
+def layers(model: Model, json_output: Annotated[bool, Opt("print JSON instead of a table", flag="--json")] = False,
+           device: Device = "auto", dtype: DType = "float32", allow_pickle: AllowPickle = False) -> list[dict]:
+    """List every hookable layer of a model with its calls per forward and output shapes (one dummy forward)."""
+    adapter = load_adapter(model, allow_pickle, device, dtype)
+    return [{"name": n, "calls": len(shapes), "shapes": [list(s) for s in shapes],
+             "default": n == adapter.default_layer.split("@")[0]}
+            for n, shapes in adapter.layers().items()]
+
+
+def scan(model: Model, images: Annotated[str, Opt("image folder, .npy/.npz array or .jsonl manifest",
+                                                  positional=True, metavar="IMAGES")],
+         out: Out,
+         layer: Annotated[str | None, Opt("dotted layer name, name@k for the k-th call (default: the family's "
+                                          "recipe; see `diffmem layers`)")] = None,
+         t: Annotated[float | None, Opt("timestep (default: 10, or σ=0.1 for theory models)", min=0)] = None,
+         pool: Annotated[str | None, Opt("pooling (default: the family's)", choices=POOLS)] = None,
+         batch_size: Annotated[int, Opt("images per forward pass", min=1)] = 32,
+         repeats: Annotated[int, Opt("noise draws averaged per image", min=1)] = 1,
+         detector: Annotated[str | None, Opt("a detector saved by `diffmem bench` (its DIR/detector): score and "
+                                             "flag with it", metavar="DIR")] = None,
+         on_error: Annotated[str, Opt("a bad image: an error row (skip) or a fatal error (fail)",
+                                      choices=("skip", "fail"))] = "skip",
+         resume: Annotated[bool, Opt("continue a killed scan in the same --out")] = False,
+         engine: Annotated[str, Opt("local, or ray: a Ray Data pipeline (pip install 'diffmem[ray]')",
+                                    choices=("local", "ray"))] = "local",
+         workers: Annotated[int, Opt("ray: model actors (one CPU thread each)", min=1)] = 2,
+         ray_address: Annotated[str | None, Opt("ray: an existing cluster (default: start a local Ray)")] = None,
+         part_size: Annotated[int, Opt("inputs per committed Parquet part", min=1)] = 256,
+         threads: Annotated[int | None, Opt("torch threads of the local process or of each Ray worker "
+                                            "(default: all / 1)", min=1)] = None,
+         device: Device = "auto", dtype: DType = "float32", allow_pickle: AllowPickle = False,
+         seed: Seed = 0, quiet: Quiet = False) -> dict:
+    """Score the spikiness of every image (noise slightly, run the denoiser once, hook a layer, pool,
+    take the std), or its memorization score and flag under a saved ``--detector``.
+
+    ``threads``: torch threads of the local process, or of each Ray worker (default: all cores
+    locally, 1 per worker). Kernels reduce in a thread-count-dependent order, so the two engines
+    give bit-identical tables when their thread counts match."""
+    from diffmem.scan import scan as scan_local
+    check_out(out)
+    if engine == "ray":
+        from diffmem.scan.ray_engine import scan_ray
+        return scan_ray(model, images, out, layer=layer, t=t, pool=pool, batch_size=batch_size, repeats=repeats,
+                        seed=seed, on_error=on_error, resume=resume, workers=workers, ray_address=ray_address,
+                        allow_pickle=allow_pickle, part_size=part_size, threads=threads or 1, detector=detector,
+                        device=device, dtype=dtype, quiet=quiet)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        adapter = load_adapter(model, allow_pickle, device, dtype)
+        return scan_local(adapter, images, out, layer=layer, t=t, pool=pool, batch_size=batch_size, repeats=repeats,
+                          seed=seed, on_error=on_error, resume=resume, part_size=part_size, detector=detector,
+                          quiet=quiet)
+    finally:
+        torch.set_num_threads(before)
+
+
+def bench_scan(n_images: Annotated[int, Opt("images scanned per engine", min=1)] = 512,
+               batch_size: BatchSize = 32,
+               model: Annotated[str | None, Opt("model folder (default: the shipped hybrid model)",
+                                                metavar="DIR")] = None,
+               out: Annotated[str | None, Opt("also write scan_bench.json here", metavar="DIR")] = None,
+               seed: Seed = 0, quiet: Quiet = False) -> dict:
+    """Images per second of the local engine and of Ray with 1 and 2 workers, one thread per process
+    (so all three tables are bit-identical), same inputs and settings, one run, on the shipped
+    hybrid model; ``scan_bench.json``."""
+    import shutil
+    import numpy as np
+    from PIL import Image
+    from diffmem.bench.harness import HYBRID
+    check_out(out)
+    model = model or HYBRID
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = os.path.join(tmp, "images")
+        os.mkdir(folder)
+        rng = np.random.default_rng(seed)
+        for i in range(n_images):
+            Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(f"{folder}/{i:05d}.png")
+        runs = {"local": {"engine": "local", "threads": 1}, "ray_1_worker": {"engine": "ray", "workers": 1},
+                "ray_2_workers": {"engine": "ray", "workers": 2}}
+        tables = {}
+        for name, kw in runs.items():
+            dest = os.path.join(tmp, name)
+            t0 = time.perf_counter()
+            summary = scan(model, folder, dest, batch_size=batch_size, seed=seed, quiet=quiet, **kw)
+            wall = time.perf_counter() - t0
+            tables[name] = pd.read_parquet(os.path.join(dest, "scores.parquet"))
+            results[name] = {"images": n_images, "wall_seconds": wall, "images_per_second": n_images / wall,
+                             "scan_seconds": summary["seconds"]}
+            shutil.rmtree(dest)
+        results["tables_identical"] = all(tables["local"].equals(t) for t in tables.values())
+    if out is not None:
+        with output_dir(out) as d:
+            write_json(d / "scan_bench.json", results)
+    return results
+
+
+def _time(fn, reps: int) -> float:
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
+
+
+@torch.no_grad()
+def bench_probe(batch_size: BatchSize = 16, reps: Annotated[int, Opt("timed repetitions", min=1)] = 10,
+                device: Device = "auto",
+                out: Annotated[str | None, Opt("also write probe_bench.json here", metavar="DIR")] = None,
+                seed: Seed = 0, quiet: Quiet = False) -> dict:
+    """Per family (tiny models built in code): seconds of a full forward vs an early-exit capture at
+    the default layer, same inputs, measured in one run; ``ratio`` = early / full."""
+    from diffmem.models.tiny import SAVERS
+    check_out(out)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for family, saver in SAVERS.items():
+            adapter = load_adapter(saver(f"{tmp}/{family}", seed=seed), device=device)
+            x = torch.rand(batch_size, adapter.image_channels, adapter.image_size, adapter.image_size,
+                           generator=torch.Generator().manual_seed(seed)) * 2 - 1
+            z = adapter.prepare(x)
+            gens = lambda: generators(seed, [str(i) for i in range(batch_size)])  # noqa: E731
+            z_t = adapter.noise(z, adapter.default_t, gens())
+            cond = adapter.null_condition(batch_size)
+            full = _time(lambda: adapter.denoise(z_t, adapter.default_t, cond), reps)
+            early = _time(lambda: capture_layers(adapter, x, [adapter.default_layer], adapter.default_t, gens(),
+                                                 cond, z=z), reps)
+            results[family] = {"layer": adapter.default_layer, "batch_size": batch_size,
+                               "seconds_full_forward": full, "seconds_early_exit": early, "ratio": early / full}
+    if out is not None:
+        with output_dir(out) as d:
+            write_json(d / "probe_bench.json", results)
+    return results

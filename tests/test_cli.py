@@ -1,0 +1,119 @@
+"""The CLI and the layering: one source for every default, one-line errors, imports one way."""
+
+import ast
+import inspect
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import diffmem
+from diffmem.cli import build_parser, main, parameters
+from diffmem.commands import COMMANDS, resolve
+
+SRC = pathlib.Path(diffmem.__file__).parent
+
+
+def _imports() -> dict[str, set[str]]:
+    """module → the diffmem modules it imports (static)."""
+    graph = {}
+    for f in SRC.rglob("*.py"):
+        mod = "diffmem." + ".".join(f.relative_to(SRC).with_suffix("").parts)
+        mod = mod.removesuffix(".__init__")
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("diffmem"):
+                deps.add(node.module)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("diffmem"))
+        graph[mod] = deps
+    return graph
+
+
+def _package(mod: str) -> str:
+    parts = mod.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_library_never_imports_commands_and_packages_import_one_way():
+    graph = _imports()
+    assert len(graph) > 40
+    for mod, deps in graph.items():
+        if _package(mod) not in ("commands", "cli", "__main__"):
+            bad = {d for d in deps if _package(d) in ("commands", "cli")}
+            assert not bad, f"{mod} (library) imports {bad}"
+    # package-level graph: no cycle (diffmem.X ↔ diffmem.Y through any modules)
+    edges = {}
+    for mod, deps in graph.items():
+        for d in deps:
+            a, b = _package(mod), _package(d)
+            if a and b and a != b:
+                edges.setdefault(a, set()).add(b)
+    seen, stack = {}, []
+
+    def visit(n):
+        seen[n] = "open"
+        stack.append(n)
+        for m in edges.get(n, ()):
+            assert seen.get(m) != "open", f"import cycle: {' → '.join(stack[stack.index(m):] + [m])}"
+            if m not in seen:
+                visit(m)
+        seen[n] = "done"
+        stack.pop()
+    for n in list(edges):
+        if n not in seen:
+            visit(n)
+
+
+def _subparser(words):
+    p = build_parser()
+    for w in words:
+        p = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction").choices[w]
+    return p
+
+
+@pytest.mark.parametrize("words", list(COMMANDS))
+def test_every_cli_default_is_the_library_default_and_every_parameter_is_reachable(words):
+    fn, sub = resolve(words), _subparser(words)
+    dests = {a.dest: a for a in sub._actions}
+    for name, kind, opt, default in parameters(fn):
+        assert name in dests, f"{words}: parameter {name} has no option"
+        if default is not inspect.Parameter.empty:
+            assert dests[name].default == default, f"{words}: --{name} default differs from the library's"
+    text = " ".join(sub.format_help().split())
+    for name, kind, opt, default in parameters(fn):
+        if default is not inspect.Parameter.empty and not opt.positional:
+            assert f"(default: {default})" in text or f"(default: {default!r})" in text, (words, name)
+    if "seed" in {p[0] for p in parameters(fn)}:
+        assert "--seed" in text
+    assert "example:" in text
+
+
+def test_parse_errors_are_one_line_with_exit_2(capsys):
+    for argv in (["scan"], ["sample", "m", "--out", "o", "--n", "0"], ["sample", "m", "--out", "o", "--guidance", "inf"],
+                 ["theory", "phase", "--out", "o", "--sigmas", "nan"], ["steer", "--out", "o", "--alphas", "0,,1"],
+                 ["bench", "--out", "o", "--calib-frac", "1.5"], ["nonsense"], ["scan", "m", "i", "--out", "o", "--pool", "x"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("diffmem: error:"), (argv, err)
+
+
+def test_help_and_version_exit_zero(capsys):
+    assert main(["--help"]) == 0 and "diffmem" in capsys.readouterr().out
+    assert main(["bench", "--help"]) == 0
+    assert main(["--version"]) == 0
+
+
+def test_out_is_checked_before_any_work(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["theory", "verify", "--out", str(f)]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main(["theory", "verify", "--out", str(f / "below")]) == 2     # under a file: not a folder
+    assert "not a writable folder" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs():
+    r = subprocess.run([sys.executable, "-m", "diffmem", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("diffmem ")
