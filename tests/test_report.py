@@ -26,6 +26,15 @@ def results(tmp_path_factory):
     assert main(["eval", str(root / "scores.parquet"), "--n-boot", "50", "--quiet", "--out", str(root / "eval")]) == 0
     assert main(["theory", "phase", "--n-per-cluster", "1,4", "--units", "4", "--steps", "20", "--quiet",
                  "--out", str(root / "theory")]) == 0
+    # a real audit of a tiny model on given images, with references and a training set
+    from diffmem.models.tiny import SAVERS
+    from tests.test_probe import write_pngs
+    model = SAVERS["unet2d"](root.parent / "tiny_model", num_classes=None, seed=0)
+    write_pngs(root.parent / "audit_images", 12, size=16)
+    write_pngs(root.parent / "audit_reference", 20, size=16, seed=1)
+    assert main(["audit", str(model), "--images", str(root.parent / "audit_images"), "--reference",
+                 str(root.parent / "audit_reference"), "--train", str(root.parent / "audit_images"), "--quiet",
+                 "--n-boot", "50", "--out", str(root / "audit")]) == 0
     (root / "bench").mkdir()
     cands = [{"setting": {"layer": "mid_block", "t": 10}, "key": "layer=mid_block,t=10", "auroc": 0.9},
              {"setting": {"layer": "up_blocks.0", "t": 50}, "key": "layer=up_blocks.0,t=50", "auroc": 0.2}]
@@ -36,9 +45,17 @@ def results(tmp_path_factory):
 def test_report_embeds_everything_and_references_nothing_outside(results):
     path = build_report(results)
     html = path.read_text()
-    assert html.count("data:image/png;base64,") >= 4         # roc, kde, phase, per-layer bars
+    assert html.count("data:image/png;base64,") >= 6         # audit ×2, roc, kde, phase, per-layer bars
     assert "http://" not in html and "https://" not in html and "src=\"data:" in html
-    assert "eval/metrics.json" in html and "theory/phase.json" in html and "per-layer AUROC" in html
+    assert "per-layer AUROC" in html and "Flags per class or prompt" in html
+    audit = json.loads((results / "audit" / "audit.json").read_text())
+    assert html.index(audit["verdict"].split(" (")[0]) < html.index("<h2")   # the verdict comes first
+    assert str(results) not in html and str(results.parent) not in html       # no absolute paths
+    assert "n_report." not in html and "share_flagged" not in html             # no raw JSON keys
+    assert html.count("<figcaption>") == html.count("<img") and "Look for" in html
+    assert len(html.encode()) <= 2_000_000
+    assert audit["images"] == str(results.parent / "audit_images")            # paths as the user gave them
+    assert 0 <= audit["realized_fpr_reference"] <= 1 and audit["n"] == 12 and audit["n_reference"] == 20
 
 
 def test_report_errors(tmp_path):
@@ -69,7 +86,12 @@ def test_report_in_headless_chromium(results, tmp_path):
         driver.get(path.as_uri())
         assert driver.execute_script("return document.readyState") == "complete"
         n_images = driver.execute_script("return Array.from(document.images).filter(i => i.naturalWidth > 0).length")
-        assert n_images >= 4
+        assert n_images >= 6
+        # the verdict is visible on the first screen
+        box = driver.execute_script("const r = document.getElementById('verdict').getBoundingClientRect();"
+                                    "return [r.top, r.bottom, window.innerHeight];")
+        assert 0 <= box[0] < box[1] <= box[2], box
+        assert "look memorized" in driver.find_element("id", "verdict").text
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
         urls = []

@@ -19,6 +19,7 @@ COMMANDS = {
     ("bench", "memorization"): ("bench:bench", "diffmem bench --quick --seed 0 --out out/bench"),
     ("bench", "probe"): ("probe:bench_probe", "diffmem bench probe"),
     ("bench", "scan"): ("probe:bench_scan", "diffmem bench scan --n-images 512"),
+    ("audit",): ("audit:audit", "diffmem audit path/to/model --n 1000 --reference heldout/ --fpr 0.01 --out out/audit"),
     ("steer",): ("steer:steer", "diffmem steer --concept Trouser --alphas 0,0.5,1,2 --out out/steer"),
     ("report",): ("report:report", "diffmem report demo_out"),
     ("demo",): ("demo:demo", "diffmem demo --out demo_out"),

@@ -148,6 +148,18 @@ class FusionDetector:
     def _candidates(self) -> list[str]:
         return [RESIDUAL, *(self.layers if self.layers is not None else candidate_layers(self.adapter))]
 
+    @classmethod
+    def residual_only(cls, adapter: Adapter, t: float | None = None, fpr: float = 0.01, seed: int = 0,
+                      batch_size: int = 256) -> "FusionDetector":
+        """The label-free detector: −log ‖ε̂ − ε‖² at ``t`` (default: the family's), low residual =
+        memorized. Nothing is fitted; :meth:`calibrate` on held-out real images sets its threshold."""
+        det = cls(adapter, ts=(adapter.default_t if t is None else t,), fpr=fpr, seed=seed, batch_size=batch_size)
+        det.t_, det.features_ = det.ts[0], [RESIDUAL]
+        det.mean_, det.scale_, det.coef_, det.intercept_ = np.zeros(1), np.ones(1), -np.ones(1), 0.0
+        det.threshold_, det.selection_, det.calibration_ = float("inf"), [], {"kind": "none"}
+        adapter.validate_t(det.t_)
+        return det
+
     # -- fitting --------------------------------------------------------------------------
     def fit(self, images: torch.Tensor, y, groups=None, keys: Sequence[str] | None = None) -> "FusionDetector":
         """Choose t and features by grouped CV AUROC on (images, y), fit the logistic model, and set

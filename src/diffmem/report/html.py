@@ -14,15 +14,46 @@ from diffmem.errors import DiffmemError
 from diffmem.outputs import read_json
 from diffmem.plotting import plt
 
-# section → file names that belong to it (matched on the PNG's name)
-SECTIONS = {
-    "Detection benchmark": ("roc.png", "score_kde.png", "top_memorized.png", "layer_auroc.png"),
-    "Theory": ("verify_products.png", "verify_representations.png", "phase.png", "diffusion_samples.png"),
-    "Steering": ("steer_grid.png",),
+# figure file name → (section, caption: what it shows and what to look for)
+FIGURES = {
+    "top_flagged.png": ("Flagged samples", "Top row: the highest-scoring audited samples; bottom row: the nearest "
+                        "training image of each, with the distance ratio d1/d2. Look for identical pairs (ratio "
+                        "below 1/3 is a copy); a flagged sample with a large ratio is a false alarm."),
+    "audit_scores.png": ("Score distribution", "Blue: held-out real images the model never trained on; red: the "
+                         "audited samples; dashed: the threshold fitted on the blue scores at the target "
+                         "false-positive rate. Look for a red mode right of the line that the blue lacks: "
+                         "the memorized samples."),
+    "roc.png": ("Detection benchmark", "ROC of every method on the report split (first seed), linear and log "
+                "false-positive axes. Look for curves hugging the top-left, especially below 1% FPR, where a "
+                "deployed detector works."),
+    "score_kde.png": ("Detection benchmark", "Score densities of memorized (red) and generalized (blue) samples. "
+                      "Look for little overlap: the overlap is where any threshold errs."),
+    "top_memorized.png": ("Detection benchmark", "The highest-scoring report samples above their nearest training "
+                          "images. Look for exact copies at the top of the ranking."),
+    "layer_auroc.png": ("Detection benchmark", "Calibration AUROC of the paper's spikiness score per layer (best "
+                        "timestep). Look for the depth where memorization is most visible."),
+    "verify_products.png": ("Theory", "Trained (left) and closed-form (right) weight products WWᵀ in each regime. "
+                            "Look for matching block structure: training finds the predicted minimizer."),
+    "verify_representations.png": ("Theory", "Hidden representations of training samples: memorizing models put "
+                                   "the energy on one unit (spiky), generalizing ones spread it (balanced)."),
+    "phase.png": ("Theory", "Phase diagram over samples per cluster and hidden units. Look for the boundary where "
+                  "columns stop aligning with single samples: memorization gives way to generalization."),
+    "diffusion_samples.png": ("Theory", "Samples of the ReLU diffusion model above their nearest training images. "
+                              "Look for near-copies when the model has few training images."),
+    "steer_grid.png": ("Steering", "Rows: memorized (mem) and generalized (gen) samples; columns: steering "
+                       "strength toward the concept. Look for generalized rows that change gradually toward the "
+                       "concept while memorized rows stay frozen, then jump."),
+    "monitor.png": ("Training monitor", "Memorization signals over training steps, with the alarm and the ground "
+                    "truth marked. Look for the alarm firing before copies appear."),
 }
-KNOWN_JSON = ("bench.json", "metrics.json", "summary.json", "verify.json", "phase.json", "weights.json",
-              "diffusion.json", "steer.json", "theory_bench.json", "probe_bench.json", "scan_bench.json",
-              "tuning.json")
+SECTION_ORDER = ("Flagged samples", "Score distribution", "Detection benchmark", "Theory", "Steering",
+                 "Training monitor", "Other figures")
+METHOD_NAMES = {"fusion": "Fusion detector (ours)", "spikiness": "Spikiness (the paper)",
+                "denoising_loss": "Denoising loss", "output_norm": "Output norm (SimA)",
+                "nemo": "NeMo-style z-score", "wen": "Wen et al.", "sharpness": "Sharpness (Jeon et al.)",
+                "anisotropy": "Anisotropy (Asthana & Belagiannis)", "nn_oracle": "Nearest-neighbour oracle",
+                "random": "Random"}
+MAX_BYTES = 2_000_000
 
 
 def results_root(root: str | os.PathLike) -> Path:
@@ -59,76 +90,131 @@ def _layer_bars(tuning: dict) -> bytes:
     return buf.getvalue()
 
 
-def _summary_rows(name: str, data) -> list[tuple[str, str]]:
-    """Headline numbers of one metrics file."""
-    def fmt(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-    if not isinstance(data, dict):
-        return []
-    rows = []
-    if "regimes" in data:
-        for r, d in data["regimes"].items():
-            rows.append((f"{r}", f"rel_err {d['rel_err']:.4f}; rep std train {d['rep_std_train']:.3f}"))
-    if "groups" in data:
-        for g, d in data["groups"].items():
-            rows.append((f"{g}", ", ".join(f"{k} {fmt(v)}" for k, v in d.items()
-                                           if isinstance(v, (int, float)) and not isinstance(v, bool))))
-    for k, v in data.items():
-        items = v.items() if isinstance(v, dict) and k not in ("methods", "regimes", "groups") else [(None, v)]
-        for k2, v2 in items:
-            if isinstance(v2, (int, float, str, bool)) and len(rows) < 40:
-                rows.append((k if k2 is None else f"{k}.{k2}", fmt(v2)))
-    return rows
-
-
 def _ms(v: dict | None, scale: float = 1.0, digits: int = 3) -> str:
     """A ``{mean, sd, per_seed}`` figure as "mean ± sd"."""
     return "—" if not v else f"{v['mean'] * scale:.{digits}f} ± {v['sd'] * scale:.{digits}f}"
 
 
-def bench_rows(bench: dict) -> dict:
+def bench_rows(bench: dict, names: dict | None = None) -> dict:
     """``{"head", "rows"}`` of the method table of a ``bench.json`` (mean ± sd over seeds)."""
+    names = names or {}
     head = ["method", "AUROC", "TPR@1%FPR (oracle)", "deployable FPR / TPR", "unlabelled FPR / TPR",
             "hard-negative AUROC", "× forward"]
     rows = []
     for name, m in bench.get("methods", {}).items():
         unl = m.get("unlabelled") or {}
-        rows.append([name + (" (ours)" if name == bench.get("detector") else ""), _ms(m["auroc"]),
-                     _ms(m["tpr_at_1pct_fpr"]), f"{_ms(m['deployable']['fpr'])} / {_ms(m['deployable']['tpr'])}",
+        label = names.get(name, name + (" (ours)" if name == bench.get("detector") else ""))
+        rows.append([label, _ms(m["auroc"]), _ms(m["tpr_at_1pct_fpr"]),
+                     f"{_ms(m['deployable']['fpr'])} / {_ms(m['deployable']['tpr'])}",
                      f"{_ms(unl.get('fpr'))} / {_ms(unl.get('tpr'))}", _ms(m.get("hard_negative_auroc")),
                      _ms(m.get("forward_fraction"), digits=2)])
     return {"head": head, "rows": rows}
 
 
-def build_report(root: str | os.PathLike, out_name: str = "report.html") -> Path:
-    """Write ``root/report.html`` and return its path."""
-    root = results_root(root)
-    metrics = []
-    for path in sorted(root.rglob("*.json")):
-        if path.name in KNOWN_JSON:
-            rows = _summary_rows(path.name, read_json(path))
-            if rows:
-                metrics.append({"file": path.relative_to(root).as_posix(), "rows": rows})
-    pngs = sorted(p for p in root.rglob("*.png") if not any(part.startswith(".") for part in p.parts))
-    if not metrics and not pngs and not any(root.rglob("tuning.json")):
-        raise DiffmemError(f"{root}: no diffmem results (no metrics JSON or figures) to report")
-    sections: dict[str, list[dict]] = {name: [] for name in SECTIONS}
-    sections["Other figures"] = []
-    for p in pngs:
-        section = next((s for s, names in SECTIONS.items() if p.name in names or p.name.startswith(
-            ("weights_", "representations_"))), "Other figures")
-        if p.name.startswith(("weights_", "representations_")):
-            section = "Theory"
-        sections[section].append({"title": p.relative_to(root).as_posix(), "uri": _data_uri(p.read_bytes())})
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def _verdict(audit: dict) -> dict:
+    """The headline of an ``audit.json``: its sentence and the big numbers."""
+    lo, hi = audit["share_flagged_ci"]
+    numbers = [("flagged", f"{audit['n_flagged']:,} / {audit['n']:,}"),
+               ("share flagged", f"{_pct(audit['share_flagged'])} [{_pct(lo)}, {_pct(hi)}]"),
+               ("false-positive rate", f"{_pct(audit['fpr_target'])} target · {_pct(audit['realized_fpr_reference'])} "
+                                       f"realized")]
+    if audit.get("precision") is not None or audit.get("recall") is not None:
+        numbers += [("precision", _pct(audit.get("precision"))), ("recall", _pct(audit.get("recall")))]
+    return {"sentence": audit["verdict"], "numbers": numbers}
+
+
+def _tables(root: Path) -> list[dict]:
+    """Designed tables from the JSON results: per-condition audit counts, the benchmark, theory, steering."""
+    tables = []
+    for path in sorted(root.rglob("audit.json")):
+        a = read_json(path)
+        if a.get("per_condition"):
+            head = ["condition", "samples", "flagged", "share flagged"] + (
+                ["copies"] if "n_copies" in a["per_condition"][0] else [])
+            rows = [[str(r.get("name", r["condition"])), f"{r['n']:,}", f"{r['n_flagged']:,}",
+                     _pct(r["share_flagged"])] + ([f"{r['n_copies']:,}"] if "n_copies" in r else [])
+                    for r in a["per_condition"]]
+            tables.append({"section": "Score distribution", "title": "Flags per class or prompt", "head": head,
+                           "rows": rows, "note": "Look for classes with many flags: duplicated training images "
+                                                 "concentrate there."})
+    for path in sorted(root.rglob("bench.json")):
+        b = read_json(path)
+        t = bench_rows(b, {k: v for k, v in METHOD_NAMES.items()})
+        seeds = ", ".join(map(str, b.get("seeds", [])))
+        tables.append({"section": "Detection benchmark", "title": "Every method under one protocol", **t,
+                       "note": f"Mean ± sd over seeds {seeds}; calibration and report split by nearest training "
+                               f"image (overlap {b['split']['overlap']}); every method tuned on calibration only. "
+                               f"Deployable: threshold fitted on calibration negatives; unlabelled: fitted on "
+                               f"held-out real images; × forward: cost relative to one denoiser forward."})
+    for path in sorted(root.rglob("verify.json")):
+        v = read_json(path)
+        rows = [[r, f"{d['rel_err']:.4f}", f"{d['rep_std_train']:.3f}"] for r, d in v["regimes"].items()]
+        tables.append({"section": "Theory", "title": "Trained ReLU-DAEs against the closed-form minimizers",
+                       "head": ["regime", "relative error ‖WWᵀ − W*W*ᵀ‖/‖W*W*ᵀ‖", "representation std (train)"],
+                       "rows": rows, "note": "Relative errors near 0: training reaches the predicted minimizer."})
+    for path in sorted(root.rglob("steer.json")):
+        s = read_json(path)
+        rows = []
+        for g, d in s["groups"].items():
+            if d.get("n"):
+                rows.append([g, str(d["n"]), f"{d.get('attribute_gain', float('nan')):.3f}",
+                             f"{d.get('monotonicity', float('nan')):.2f}", f"{d['pixel_jump_fraction']:.2f}",
+                             f"{d['output_change_per_unit']:.2f}"])
+        tables.append({"section": "Steering", "title": f"Steering toward {s['concept']}",
+                       "head": ["group", "samples", "attribute gain", "monotonicity", "pixel jump fraction",
+                                "change per unit strength"], "rows": rows,
+                       "note": "Pixel jump fraction: share of a sample's path taken in its largest step (1 = one "
+                               "jump). Attribute gain: rise of the classifier's P(concept) at the largest strength."})
+    return tables
+
+
+def _figures(root: Path) -> list[dict]:
+    """Known figures (and a few unknown ones) as data URIs; sample image folders are never listed."""
+    figs = []
+    for p in sorted(root.rglob("*.png")):
+        rel = p.relative_to(root)
+        if any(part.startswith(".") or part == "images" for part in rel.parts):
+            continue
+        section, caption = FIGURES.get(p.name, (None, None))
+        if section is None and p.name.startswith(("weights_", "representations_")):
+            section, caption = "Theory", ("Weight columns / hidden representations of the memorizing and "
+                                          "generalizing ReLU-DAE. Look for columns that are single training images.")
+        figs.append({"section": section or "Other figures", "title": rel.as_posix(),
+                     "caption": caption or "", "uri": _data_uri(p.read_bytes())})
     for path in sorted(root.rglob("tuning.json")):
-        sections["Detection benchmark"].append({"title": f"{path.parent.relative_to(root).as_posix()}/per-layer AUROC",
-                                                "uri": _data_uri(_layer_bars(read_json(path)))})
-    tables = [{"file": path.relative_to(root).as_posix(), **bench_rows(read_json(path))}
-              for path in sorted(root.rglob("bench.json"))]
+        tuning = read_json(path)
+        first = next(iter(tuning.values()), {}) if isinstance(tuning, dict) else {}
+        if isinstance(first, dict) and "spikiness" in first:
+            section, caption = FIGURES["layer_auroc.png"]
+            figs.append({"section": section, "title": f"{path.parent.relative_to(root).as_posix()}/per-layer AUROC",
+                         "caption": caption, "uri": _data_uri(_layer_bars(tuning))})
+    return figs
+
+
+def build_report(root: str | os.PathLike, out_name: str = "report.html") -> Path:
+    """Write ``root/report.html`` — the verdict first (from an ``audit.json``), then flagged samples,
+    score distribution, per-class table, benchmark, theory and steering — and return its path."""
+    root = results_root(root)
+    audits = sorted(root.rglob("audit.json"))
+    verdict = _verdict(read_json(audits[0])) if audits else None
+    tables, figs = _tables(root), _figures(root)
+    if not tables and not figs and verdict is None:
+        raise DiffmemError(f"{root}: no diffmem results (no metrics JSON or figures) to report")
+    sections = []
+    for name in SECTION_ORDER:
+        f = [x for x in figs if x["section"] == name]
+        t = [x for x in tables if x["section"] == name]
+        if f or t:
+            sections.append({"name": name, "figures": f, "tables": t})
     env = Environment(loader=PackageLoader("diffmem.report", "templates"), autoescape=select_autoescape())
-    html = env.get_template("report.html.j2").render(
-        title=f"diffmem report: {root.resolve().name}", metrics=metrics, tables=tables,
-        sections={k: v for k, v in sections.items() if v})
+    html = env.get_template("report.html.j2").render(title=f"diffmem report: {root.resolve().name}",
+                                                     verdict=verdict, sections=sections)
+    if len(html.encode()) > MAX_BYTES:
+        raise DiffmemError(f"{root}: the report would weigh {len(html.encode()) / 1e6:.1f} MB (limit 2 MB)")
     out = root / out_name
     tmp = out.with_name(f".{out_name}.tmp")
     tmp.write_text(html)

@@ -27,10 +27,13 @@ def _flat(obj, prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
 
 
 def write_index(root: str | os.PathLike, title: str = "diffmem results") -> Path:
-    """Write ``root/index.html``: one section per sub-folder with its PNGs, markdown tables and JSON."""
+    """Write ``root/index.html``: one section per sub-folder with its PNGs, markdown tables and JSON
+    (sample ``images/`` folders are not listed image by image)."""
     root = results_root(root)
     sections = []
-    for folder in [root, *sorted(p for p in root.rglob("*") if p.is_dir() and not p.name.startswith("."))]:
+    folders = [p for p in root.rglob("*") if p.is_dir()
+               and not any(part.startswith(".") or part == "images" for part in p.relative_to(root).parts)]
+    for folder in [root, *sorted(folders)]:
         figures = sorted(folder.glob("*.png"))
         tables = sorted(folder.glob("*.md"))
         metrics = []
