@@ -80,7 +80,21 @@ def test_restart_without_resume_is_refused(model_dir, folder, tmp_path):
     assert r.returncode == 2 and "--resume" in r.stderr
     r = subprocess.run(scan_cmd(model_dir, folder, out, "--resume", "--t", "20"), env=ENV, capture_output=True,
                        text=True)
-    assert r.returncode == 2 and "other settings" in r.stderr
+    assert r.returncode == 2 and "cannot resume: t differs" in r.stderr
+
+
+def test_resume_fingerprints_refuse_another_model_or_input_source(model_dir, folder, tmp_path):
+    """A resumed scan must see the same model weights, the same input keys and the same batch size."""
+    out = tmp_path / "o"
+    subprocess.run(scan_cmd(model_dir, folder, out), check=True, env=ENV, capture_output=True)
+    other_model = SAVERS["unet2d"](tmp_path / "other", seed=1)            # same config, other weights
+    fewer = write_pngs(tmp_path / "fewer", 95)
+    for args, item in (([other_model, folder], "model_weights"), ([model_dir, fewer], "inputs"),
+                       ([model_dir, folder, "--batch-size", "4"], "batch_size")):
+        cmd = scan_cmd(*args[:2], out, "--resume", *args[2:])         # a repeated option: the last one counts
+        r = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+        assert r.returncode == 2 and f"cannot resume: {item} differs" in r.stderr, (item, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_ray_engine_equals_local_engine(model_dir, tmp_path):

@@ -25,7 +25,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but errors are one ``diffmem: error:`` line and exit status 2 (no usage block)."""
 
     def error(self, message):
-        print(f"diffmem: error: {self.prog.removeprefix('diffmem ')}: {message}", file=sys.stderr)
+        where = self.prog.removeprefix("diffmem").strip()
+        print(f"diffmem: error: {where + ': ' if where else ''}{message}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -28,8 +28,10 @@ def output_dir(out: str | os.PathLike) -> Iterator[Path]:
     if out.exists() and not out.is_dir():
         raise DiffmemError(f"--out {out}: exists and is not a folder")
     parent = out.resolve().parent
+    created = missing_parents(parent)
     parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    ok = False
     try:
         yield stage
         out.mkdir(exist_ok=True)
@@ -39,8 +41,29 @@ def output_dir(out: str | os.PathLike) -> Iterator[Path]:
                 target.mkdir(exist_ok=True)
             else:
                 os.replace(item, target)
+        ok = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if not ok:
+            remove_empty(created)
+
+
+def missing_parents(folder: Path) -> list[Path]:
+    """The folders that ``folder.mkdir(parents=True)`` would create, deepest first."""
+    out, p = [], Path(folder).resolve()
+    while not p.exists():
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the given folders (deepest first) where they are empty: a failed command leaves none behind."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:
+            break
 
 
 def check_out(out: str | os.PathLike | None) -> None:

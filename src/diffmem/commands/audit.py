@@ -12,8 +12,9 @@ import torch
 
 from diffmem.bench.harness import reference_images, training_images
 from diffmem.bench.labels import label_samples
-from diffmem.commands.options import (AllowPickle, BatchSize, Classes, Device, DType, Guidance, Model, Opt, Out,
-                                      Prompts, Quiet, Seed, Steps, listed, read_prompts)
+from diffmem.commands.options import (AllowOutside, AllowPickle, BatchSize, Classes, Device, DType, Guidance,
+                                      InputRange, Model, Opt, Out, Prompts, Quiet, Seed, Steps, listed, read_prompts)
+from diffmem.commands.options import input_range as parse_range
 from diffmem.data.images import FASHION_MNIST_CLASSES, image_key, load_images
 from diffmem.detect.audit import calibrate_on_reference, flag_quality, share_ci
 from diffmem.detect.fusion import FusionDetector
@@ -27,10 +28,10 @@ from diffmem.scan.inputs import iter_inputs
 DETECTOR_FOLDER = "detector"     # a model folder's own detector (saved by `diffmem bench`), used by default
 
 
-def _given_images(source: str, adapter) -> tuple[torch.Tensor, list[str], list]:
+def _given_images(source: str, adapter, rng=None, allow_outside: bool = False) -> tuple[torch.Tensor, list[str], list]:
     """Images (N, C, H, W) of a folder, array or manifest, their paths and prompts (manifest ``prompt``)."""
     xs, paths, conds = [], [], []
-    for item in iter_inputs(source, adapter.image_size, adapter.image_channels):
+    for item in iter_inputs(source, adapter.image_size, adapter.image_channels, rng, allow_outside):
         image, _ = item.loader()                               # a bad input raises, naming itself
         xs.append(torch.from_numpy(image))
         paths.append(item.path)
@@ -70,6 +71,7 @@ def audit(model: Model, out: Out,
                                               metavar="DIR")] = None,
           guidance: Guidance = 1.0, steps: Steps = 50, batch_size: BatchSize = 256,
           n_boot: Annotated[int, Opt("bootstrap resamples of the flagged share", min=1)] = 1000,
+          input_range: InputRange = None, allow_outside: AllowOutside = False,
           device: Device = "auto", dtype: DType = "float32", allow_pickle: AllowPickle = False,
           seed: Seed = 0, quiet: Quiet = False) -> dict:
     """Sample N images from the model (or take --images), calibrate a threshold at --fpr on held-out
@@ -82,11 +84,12 @@ def audit(model: Model, out: Out,
     check(images is None or (classes is None and prompts is None),
           "--classes/--prompts: only when sampling (without --images)")
     prompt_list = read_prompts(prompts)
+    rng = parse_range(input_range)
     adapter = load_adapter(model, allow_pickle, device, dtype)
     # inputs resolved and checked before any expensive work
     if reference is not None:
         ref = torch.from_numpy(load_images(reference, size=adapter.image_size, channels=adapter.image_channels,
-                                           limit=n_reference))
+                                           limit=n_reference, input_range=rng))
         ref_name = reference
     else:
         check(adapter.record is not None, f"--reference: {model} has no training record; pass held-out real "
@@ -94,7 +97,8 @@ def audit(model: Model, out: Out,
         ref = reference_images(adapter)[0][:n_reference]
         ref_name = f"held-out images of {adapter.record.data}"
     if train is not None:
-        train_x = torch.from_numpy(load_images(train, size=adapter.image_size, channels=adapter.image_channels))
+        train_x = torch.from_numpy(load_images(train, size=adapter.image_size, channels=adapter.image_channels,
+                                               input_range=rng))
         check(len(train_x) >= 2, f"--train {train}: need at least 2 training images")
         train_name = train
     elif adapter.record is not None:
@@ -108,7 +112,7 @@ def audit(model: Model, out: Out,
         det, det_source = FusionDetector.residual_only(adapter, seed=seed), "label-free denoising residual"
     det.batch_size, det.fpr = batch_size, fpr
     if images is not None:
-        x, paths, conds = _given_images(images, adapter)
+        x, paths, conds = _given_images(images, adapter, rng, allow_outside)
     else:
         conds = adapter.conditions(n, classes=listed(classes, int, "--classes"), prompts=prompt_list)
         x = sample_images(adapter, n, conds, guidance, steps, "ddim", seed, batch_size, quiet)

@@ -84,6 +84,10 @@ Steps = Annotated[int, Opt("sampling steps", min=1)]
 Guidance = Annotated[float, Opt("classifier-free guidance scale", min=0)]
 Classes = Annotated[str | None, Opt("comma-separated class labels, cycled (class-conditional models)",
                                     list_of=int, min=0)]
+InputRange = Annotated[tuple | None, Opt("LO,HI: array values that map to -1 and 1 (e.g. 0,255 or 0,1); by "
+                                         "default uint8 is 0…255, uint16 0…65535, floats must lie in [-1, 1]",
+                                         list_of=float)]
+AllowOutside = Annotated[bool, Opt("let manifest paths leave the manifest's folder")]
 Prompts = Annotated[str | None, Opt("a text file with one prompt per line, cycled (text-to-image models)",
                                     metavar="FILE")]
 
@@ -99,6 +103,17 @@ def listed(value, kind: type, flag: str) -> tuple | None:
         except OptionError as exc:
             raise DiffmemError(str(exc)) from None
     return tuple(kind(v) for v in value)
+
+
+def input_range(value) -> tuple[float, float] | None:
+    """A checked ``--input-range`` (two finite numbers, LO < HI) or None."""
+    from diffmem.errors import DiffmemError
+    rng = listed(value, float, "--input-range")
+    if rng is None:
+        return None
+    if len(rng) != 2 or not rng[0] < rng[1]:
+        raise DiffmemError(f"--input-range {','.join(f'{v:g}' for v in rng)}: need two numbers LO,HI with LO < HI")
+    return rng
 
 
 def read_prompts(path: str | None) -> list[str] | None:

@@ -10,7 +10,9 @@ from typing import Annotated
 import pandas as pd
 import torch
 
-from diffmem.commands.options import AllowPickle, BatchSize, Device, DType, Model, Opt, Out, Quiet, Seed
+from diffmem.commands.options import (AllowOutside, AllowPickle, BatchSize, Device, DType, InputRange, Model, Opt,
+                                      Out, Quiet, Seed)
+from diffmem.commands.options import input_range as parse_range
 from diffmem.models import load_adapter
 from diffmem.outputs import check_out, output_dir, write_json
 from diffmem.probe.pooling import POOLS
@@ -47,6 +49,7 @@ def scan(model: Model, images: Annotated[str, Opt("image folder, .npy/.npz array
          part_size: Annotated[int, Opt("inputs per committed Parquet part", min=1)] = 256,
          threads: Annotated[int | None, Opt("torch threads of the local process or of each Ray worker "
                                             "(default: all / 1)", min=1)] = None,
+         input_range: InputRange = None, allow_outside: AllowOutside = False,
          device: Device = "auto", dtype: DType = "float32", allow_pickle: AllowPickle = False,
          seed: Seed = 0, quiet: Quiet = False) -> dict:
     """Score the spikiness of every image (noise slightly, run the denoiser once, hook a layer, pool,
@@ -57,19 +60,20 @@ def scan(model: Model, images: Annotated[str, Opt("image folder, .npy/.npz array
     give bit-identical tables when their thread counts match."""
     from diffmem.scan import scan as scan_local
     check_out(out)
+    rng = parse_range(input_range)
     if engine == "ray":
         from diffmem.scan.ray_engine import scan_ray
         return scan_ray(model, images, out, layer=layer, t=t, pool=pool, batch_size=batch_size, repeats=repeats,
                         seed=seed, on_error=on_error, resume=resume, workers=workers, ray_address=ray_address,
                         allow_pickle=allow_pickle, part_size=part_size, threads=threads or 1, detector=detector,
-                        device=device, dtype=dtype, quiet=quiet)
+                        device=device, dtype=dtype, input_range=rng, allow_outside=allow_outside, quiet=quiet)
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
         adapter = load_adapter(model, allow_pickle, device, dtype)
         return scan_local(adapter, images, out, layer=layer, t=t, pool=pool, batch_size=batch_size, repeats=repeats,
                           seed=seed, on_error=on_error, resume=resume, part_size=part_size, detector=detector,
-                          quiet=quiet)
+                          input_range=rng, allow_outside=allow_outside, quiet=quiet)
     finally:
         torch.set_num_threads(before)
 

@@ -38,6 +38,39 @@ def image_key(image) -> str:
     return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
 
 
+FLOAT_TOLERANCE = 1e-3      # float inputs may overshoot [-1, 1] by this much (resampling, rounding)
+
+
+def array_to_model_range(a: np.ndarray, name: str, input_range: tuple[float, float] | None = None) -> np.ndarray:
+    """The input policy for arrays, by dtype, never by values: uint8 → /127.5 − 1; uint16 → /32767.5 − 1;
+    floats must already lie in [-1, 1] (± :data:`FLOAT_TOLERANCE`). ``input_range`` (lo, hi) maps any
+    real array linearly from [lo, hi] to [-1, 1] first. Other integer types, bool, complex and
+    structured arrays are errors naming ``name``."""
+    dt = a.dtype
+    if dt.fields is not None or dt.kind in "bcOSUV":
+        raise DiffmemError(f"{name}: {dt} arrays are not images (use uint8, uint16 or float in [-1, 1])")
+    if input_range is not None:
+        lo, hi = (float(v) for v in input_range)
+        out = ((a.astype(np.float64) - lo) / (hi - lo) * 2.0 - 1.0).astype(np.float32)
+        what = f"after --input-range {lo:g},{hi:g}"
+    elif dt == np.uint8:
+        return to_model_range(a)
+    elif dt == np.uint16:
+        return (a.astype(np.float32) / 32767.5 - 1.0).astype(np.float32)
+    elif dt.kind in "iu":
+        raise DiffmemError(f"{name}: {dt} pixels are ambiguous; use uint8 (0…255), uint16 (0…65535), floats in "
+                           f"[-1, 1], or say the range with --input-range LO,HI")
+    else:
+        out, what = a.astype(np.float32), "as floats (taken to be in [-1, 1])"
+    if not np.isfinite(out).all():
+        raise DiffmemError(f"{name}: contains NaN or infinite values")
+    lo_v, hi_v = float(out.min()), float(out.max())
+    if lo_v < -1 - FLOAT_TOLERANCE or hi_v > 1 + FLOAT_TOLERANCE:
+        raise DiffmemError(f"{name}: values span [{lo_v:.4g}, {hi_v:.4g}] {what}, outside [-1, 1]; "
+                           f"pass --input-range LO,HI (e.g. 0,1 or 0,255) to rescale")
+    return np.clip(out, -1, 1)
+
+
 def to_model_range(pixels: np.ndarray) -> np.ndarray:
     """uint8 pixels in [0, 255] → float32 in [-1, 1]."""
     return pixels.astype(np.float32) / 127.5 - 1.0
@@ -96,7 +129,8 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = No
 def read_image(path: str | os.PathLike, size: int | None = None, channels: int = 1) -> np.ndarray:
     """Decode one image file to float32 (channels, size, size) in [-1, 1].
 
-    Gray, RGB, RGBA (alpha composited on white), palette and 16-bit images are accepted; the image
+    Gray, RGB, RGBA (alpha composited on white), palette and 16-bit images (scaled by 65535, by their
+    mode) are accepted; the image
     is resized (bicubic) to ``size`` × ``size`` when given. Raises :class:`DiffmemError` naming the
     file when it is missing, empty, truncated, not an image, or too large.
     """
@@ -110,10 +144,9 @@ def read_image(path: str | os.PathLike, size: int | None = None, channels: int =
             if img.width * img.height > MAX_PIXELS:
                 raise DiffmemError(f"{path}: image too large ({img.width}x{img.height} pixels)")
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):      # 16-bit: by mode, never by the values
                 arr = np.asarray(img, dtype=np.float64)
-                peak = 65535.0 if arr.max() > 255 else 255.0
-                img = Image.fromarray(np.clip(arr / peak * 255.0, 0, 255).astype(np.uint8))
+                img = Image.fromarray(np.clip(np.round(arr / 65535.0 * 255.0), 0, 255).astype(np.uint8))
             if img.mode in ("RGBA", "LA", "P", "PA"):
                 img = img.convert("RGBA")
                 white = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -143,10 +176,12 @@ def load_image_folder(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
-def load_images(source: str | os.PathLike, size: int | None = None, channels: int = 1,
-                limit: int | None = None) -> np.ndarray:
+def load_images(source: str | os.PathLike, size: int | None = None, channels: int | None = None,
+                limit: int | None = None, input_range: tuple[float, float] | None = None) -> np.ndarray:
     """Images (N, C, H, W) in [-1, 1] from ``"fashion-mnist"``, an image folder or a .npy file.
 
+    Arrays follow :func:`array_to_model_range` (``input_range`` rescales); ``channels`` converts
+    (gray ↔ RGB; None keeps an array's own, 1 for folders) and ``size`` area-resizes arrays.
     NaN or infinite values raise :class:`DiffmemError`.
     """
     src = str(source)
@@ -166,13 +201,20 @@ def load_images(source: str | os.PathLike, size: int | None = None, channels: in
             x = x[:, None]
         if x.ndim != 4:
             raise DiffmemError(f"{path}: expected an array (N, H, W) or (N, C, H, W), got shape {x.shape}")
-        x = x.astype(np.float32)[:limit]
+        x = array_to_model_range(np.asarray(x[:limit]), str(path), input_range)
+        if channels is not None and x.shape[1] != channels:
+            check_channels = x.shape[1] in (1, 3, 4) and channels in (1, 3)
+            if not check_channels:
+                raise DiffmemError(f"{path}: {x.shape[1]} channels cannot become {channels}")
+            x = x[:, :3].mean(1, keepdims=True) if channels == 1 else np.repeat(x[:, :1], 3, 1)
+        if size is not None and x.shape[-1] != size:
+            x = resize_area(torch.from_numpy(np.ascontiguousarray(x)), size).numpy()
     elif path.is_file():
         raise DiffmemError(f"{path}: expected 'fashion-mnist', an image folder or a .npy array, "
                            f"got a {path.suffix or 'suffix-less'} file")
     else:
         files = load_image_folder(path)[:limit]
-        x = np.stack([read_image(f, size=size, channels=channels) for f in files])
+        x = np.stack([read_image(f, size=size, channels=channels or 1) for f in files])
     if not np.isfinite(x).all():
         raise DiffmemError(f"{path}: data contains NaN or infinite values")
     return x

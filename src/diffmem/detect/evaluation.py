@@ -12,8 +12,8 @@ import pandas as pd
 from diffmem.errors import DiffmemError, check
 from diffmem.plotting import plt, save
 
-_POSITIVE = {"1", "true", "memorized", "mem", "yes"}
-_NEGATIVE = {"0", "false", "generalized", "gen", "no"}
+_POSITIVE = {"1", "1.0", "true", "memorized", "mem", "yes"}
+_NEGATIVE = {"0", "0.0", "false", "generalized", "gen", "no"}
 
 
 def _as_binary(values: pd.Series, name: str) -> np.ndarray:
@@ -39,19 +39,33 @@ def read_scores(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def read_labels(path: str | os.PathLike) -> pd.DataFrame:
-    """A CSV or JSONL file with ``label`` and one of ``path``, ``sha256``, ``index``."""
+    """A CSV or JSONL file with ``label`` and one of ``path``, ``sha256``, ``index`` (the key).
+
+    Labels are 1/memorized or 0/generalized (also ``1.0``/``0.0``, true/false). Rows repeating a key
+    with the same label collapse to one; a key with conflicting labels is an error naming its rows.
+    Every error names the labels file (``--labels``)."""
     path = Path(path)
     if not path.is_file():
-        raise DiffmemError(f"{path}: no such labels file")
+        raise DiffmemError(f"--labels {path}: no such labels file")
     try:
         if path.suffix in (".jsonl", ".json"):
-            df = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            check(all(isinstance(r, dict) for r in rows), f"--labels {path}: every line must be a JSON object")
+            df = pd.DataFrame(rows)
         else:
             df = pd.read_csv(path)
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise DiffmemError(f"{path}: not a readable labels file ({exc})") from None
-    check("label" in df.columns, f"{path}: needs a 'label' column")
-    return df
+    except (ValueError, UnicodeDecodeError, json.JSONDecodeError, pd.errors.ParserError) as exc:
+        raise DiffmemError(f"--labels {path}: not a readable labels file ({type(exc).__name__})") from None
+    check("label" in df.columns, f"--labels {path}: needs a 'label' column")
+    key = next((k for k in ("sha256", "path", "index") if k in df.columns), None)
+    check(key is not None, f"--labels {path}: needs a 'sha256', 'path' or 'index' column")
+    df = df.assign(y=_as_binary(df["label"], f"--labels {path}"), _row=np.arange(len(df)) + (1 if path.suffix in
+                                                                                              (".jsonl", ".json") else 2))
+    for k, g in df.groupby(key, sort=False):
+        if g["y"].nunique() > 1:
+            raise DiffmemError(f"--labels {path}: {key} {k!r} has conflicting labels on rows "
+                               f"{', '.join(map(str, g['_row'].tolist()))}")
+    return df.drop_duplicates(key).drop(columns=["_row"]).reset_index(drop=True)
 
 
 def join_labels(scores: pd.DataFrame, labels: pd.DataFrame | None, name: str) -> pd.DataFrame:
@@ -65,9 +79,9 @@ def join_labels(scores: pd.DataFrame, labels: pd.DataFrame | None, name: str) ->
         return df
     for key in ("sha256", "path", "index"):
         if key in labels.columns and key in df.columns:
-            merged = df.drop(columns=["label"], errors="ignore").merge(labels[[key, "label"]], on=key, how="inner")
-            check(len(merged) > 0, f"{name}: no score row matches a label by {key}")
-            merged["y"] = _as_binary(merged["label"], name)
+            merged = df.drop(columns=["label"], errors="ignore").merge(labels[[key, "label", "y"]], on=key,
+                                                                       how="inner")
+            check(len(merged) > 0, f"{name}: no score row matches a label by {key} (--labels)")
             return merged
     raise DiffmemError(f"{name}: labels need a 'sha256', 'path' or 'index' column present in the scores")
 

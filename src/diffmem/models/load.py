@@ -31,7 +31,7 @@ def quiet_libraries() -> None:
     import diffusers
     import transformers
     for lib in (diffusers.utils.logging, transformers.utils.logging):
-        lib.set_verbosity_error()
+        lib.set_verbosity(50)        # CRITICAL: their errors reach the user as one diffmem error line instead
         lib.disable_progress_bar()
 
 
@@ -157,6 +157,26 @@ def load_adapter(path: str | os.PathLike, allow_pickle: bool = False, device: st
         adapter = UNet2DAdapter(_component(diffusers.UNet2DModel, root, allow_pickle), _scheduler(path),
                                 null_class=None if record is None else record.null_class, path=path, record=record)
     return adapter.to(dev, dt)
+
+
+WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".txt", ".model")
+
+
+def model_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of a model folder's weights and configs (sorted relative paths and contents; the
+    training record and a saved detector do not change scores and are left out)."""
+    import hashlib
+    root = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES):
+        rel = f.relative_to(root)
+        if rel.name == "diffmem.json" or rel.parts[0] == "detector" or rel.parts[0].startswith("."):
+            continue
+        h.update(rel.as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def _need_folders(path: Path, names) -> None:

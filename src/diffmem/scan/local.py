@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from diffmem.errors import DiffmemError, check
-from diffmem.outputs import progress, write_json
+from diffmem.outputs import missing_parents, progress, write_json
 from diffmem.probe.adapters import Adapter
 from diffmem.probe.pooling import POOLS
 from diffmem.data.images import image_key
@@ -105,6 +105,27 @@ def _row(item: Item, sha: str | None, settings: dict, vals: dict | None, error: 
             "label": None if item.label is None else str(item.label), "prompt": item.prompt, "error": error}
 
 
+def source_fingerprint(items: list[Item], source: str | os.PathLike) -> str:
+    """sha256 of an input source's list of keys (its items' paths), plus an array file's bytes."""
+    import hashlib
+    h = hashlib.sha256("\n".join(it.path for it in items).encode())
+    src = Path(source)
+    if src.is_file() and src.suffix in (".npy", ".npz"):
+        with open(src, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(adapter: Adapter, items: list[Item], source, batch_size: int, threads: int,
+                input_range=None) -> dict:
+    """What else makes a scan's rows comparable, recorded with its settings for ``--resume``."""
+    from diffmem.models import model_fingerprint
+    return {"model_weights": model_fingerprint(adapter.path) if adapter.path is not None else None,
+            "inputs": source_fingerprint(items, source), "n_inputs": len(items), "batch_size": batch_size,
+            "threads": threads, "input_range": None if input_range is None else [float(v) for v in input_range]}
+
+
 def scan_settings(adapter: Adapter, layer: str | None, t: float | None, pool: str | None, repeats: int,
                   seed: int, statistic: str = "std", detector: str | os.PathLike | None = None) -> dict:
     """Resolved, validated settings of a scan (defaults from the adapter's family). With ``detector``
@@ -129,12 +150,17 @@ def scan_settings(adapter: Adapter, layer: str | None, t: float | None, pool: st
 def scan(adapter: Adapter, images: str | os.PathLike, out: str | os.PathLike, layer: str | None = None,
          t: float | None = None, pool: str | None = None, batch_size: int = 32, repeats: int = 1,
          seed: int = 0, on_error: str = "skip", resume: bool = False, part_size: int = 256,
-         detector: str | os.PathLike | None = None, quiet: bool = False) -> dict:
-    """Score every input of ``images`` and write ``out/scores.parquet`` + ``out/summary.json``."""
+         detector: str | os.PathLike | None = None, input_range=None, allow_outside: bool = False,
+         quiet: bool = False) -> dict:
+    """Score every input of ``images`` and write ``out/scores.parquet`` + ``out/summary.json``.
+
+    ``parts/settings.json`` records the settings and a fingerprint of the model weights, the inputs,
+    batch size and threads; ``resume`` refuses any difference, naming it."""
     check(on_error in ("skip", "fail"), f"--on-error {on_error!r}: 'skip' or 'fail'")
     check(batch_size >= 1 and part_size >= 1, "--batch-size and --part-size must be >= 1")
     settings = scan_settings(adapter, layer, t, pool, repeats, seed, detector=detector)
-    items = iter_inputs(images, adapter.image_size, adapter.image_channels)
+    items = list(iter_inputs(images, adapter.image_size, adapter.image_channels, input_range, allow_outside))
+    settings.update(fingerprint(adapter, items, images, batch_size, torch.get_num_threads(), input_range))
     out = Path(out)
     parts = out / "parts"
     t0, n_new = time.perf_counter(), 0
@@ -189,14 +215,14 @@ def committed_parts(out: Path, settings: dict, resume: bool):
     """Yield the indices already committed under ``out/parts``. If the block fails before any part
     was ever committed, the folders it created are removed again (nothing written half-way);
     committed parts are kept for ``--resume``."""
-    created = [p for p in (out, out / "parts") if not p.exists()]
+    created = missing_parents(out / "parts")
     done = _prepare_parts(out / "parts", settings, resume)
     try:
         yield done
     except BaseException:
         if not any((out / "parts").glob("*.parquet")):
-            for p in reversed(created):
-                shutil.rmtree(p, ignore_errors=True)
+            if created:
+                shutil.rmtree(created[-1], ignore_errors=True)     # the outermost folder this scan made
         raise
 
 
@@ -208,8 +234,11 @@ def _prepare_parts(parts: Path, settings: dict, resume: bool) -> set:
             raise DiffmemError(f"{parts}: holds parts of an earlier scan; pass --resume to continue it "
                                f"or choose another --out")
         old = json.loads(record.read_text()) if record.exists() else {}
-        if old != settings:
-            raise DiffmemError(f"{parts}: was scanned with other settings ({old}); cannot resume with {settings}")
+        diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+        if diff:
+            k = diff[0]
+            raise DiffmemError(f"{parts}: cannot resume: {k} differs (was {old.get(k)!r}, now {settings.get(k)!r})"
+                               + (f"; also {', '.join(diff[1:])}" if diff[1:] else ""))
     parts.mkdir(parents=True, exist_ok=True)
     for stale in parts.glob(".*.tmp"):
         stale.unlink()

@@ -15,8 +15,8 @@ import pandas as pd
 
 from diffmem.errors import DiffmemError
 from diffmem.scan.inputs import item_from_record, iter_inputs
-from diffmem.scan.local import (COLUMNS, atomic_write_parquet, committed_parts, finalize, scan_settings,
-                                score_items)
+from diffmem.scan.local import (COLUMNS, atomic_write_parquet, committed_parts, finalize, fingerprint,
+                                scan_settings, score_items)
 
 
 def _import_ray():
@@ -41,8 +41,8 @@ class _ScanWorker:
         self.parts = Path(out_parts)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        items = [item_from_record(r, self.adapter.image_size, self.adapter.image_channels)
-                 for r in batch.to_dict("records")]
+        items = [item_from_record(r, self.adapter.image_size, self.adapter.image_channels,
+                                  self.settings.get("input_range")) for r in batch.to_dict("records")]
         rows = score_items(self.adapter, items, self.settings, self.on_error, self.batch_size)
         df = pd.DataFrame(rows, columns=COLUMNS)
         if len(df):  # commit this block as a part: a killed scan keeps every finished block
@@ -54,13 +54,16 @@ def scan_ray(model: str | os.PathLike, images: str | os.PathLike, out: str | os.
              t: float | None = None, pool: str | None = None, batch_size: int = 32, repeats: int = 1, seed: int = 0,
              on_error: str = "skip", resume: bool = False, workers: int = 2, ray_address: str | None = None,
              allow_pickle: bool = False, part_size: int = 256, threads: int = 1, detector: str | None = None,
-             device: str = "cpu", dtype: str = "float32", quiet: bool = False) -> dict:
+             device: str = "cpu", dtype: str = "float32", input_range=None, allow_outside: bool = False,
+             quiet: bool = False) -> dict:
     """Scan with Ray Data; same outputs as :func:`diffmem.scan.scan`."""
     from diffmem.models import load_adapter
     ray = _import_ray()
     adapter = load_adapter(model, allow_pickle=allow_pickle, device=device, dtype=dtype)
     settings = scan_settings(adapter, layer, t, pool, repeats, seed, detector=detector)
-    records = [it.record() for it in iter_inputs(images, adapter.image_size, adapter.image_channels)]
+    items = list(iter_inputs(images, adapter.image_size, adapter.image_channels, input_range, allow_outside))
+    settings.update(fingerprint(adapter, items, images, batch_size, threads, input_range))
+    records = [it.record() for it in items]
     out = Path(out)
     parts = out / "parts"
     t0 = time.perf_counter()
