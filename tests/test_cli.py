@@ -117,3 +117,26 @@ def test_out_is_checked_before_any_work(tmp_path, capsys):
 def test_module_entry_point_runs():
     r = subprocess.run([sys.executable, "-m", "diffmem", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("diffmem ")
+
+
+def test_quiet_silences_progress_bars(tmp_path):
+    """--quiet: nothing on stderr; without it the sampler's progress bar shows."""
+    from diffmem.models.tiny import SAVERS
+    model = SAVERS["unet2d"](tmp_path / "m", num_classes=None, seed=0)
+    base = [sys.executable, "-m", "diffmem", "sample", str(model), "--n", "2", "--steps", "2"]
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    quiet = subprocess.run(base + ["--quiet", "--out", str(tmp_path / "q")], capture_output=True, text=True, env=env)
+    loud = subprocess.run(base + ["--out", str(tmp_path / "l")], capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
+    assert quiet.stderr == "" and "sample" in loud.stderr
+
+
+def test_same_seed_same_numbers_different_seed_different(tmp_path):
+    from diffmem.models.tiny import SAVERS
+    model = SAVERS["unet2d"](tmp_path / "m", num_classes=None, seed=0)
+    runs = {}
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        assert main(["sample", str(model), "--n", "2", "--steps", "2", "--seed", seed, "--quiet",
+                     "--out", str(tmp_path / name)]) == 0
+        runs[name] = (tmp_path / name / "images" / "00000.png").read_bytes()
+    assert runs["a"] == runs["b"] and runs["a"] != runs["c"]

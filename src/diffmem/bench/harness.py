@@ -71,6 +71,14 @@ def reference_images(adapter) -> tuple[torch.Tensor, np.ndarray | None]:
     return torch.from_numpy(images[unused]), None if labels is None else labels[unused]
 
 
+def _row(report: np.ndarray, y: np.ndarray, hard: np.ndarray, deploy: float, unlabelled: float | None, fpr: float,
+         secs: float, forward_secs: float, needs: tuple[bool, bool, bool]) -> dict:
+    """One method's per-seed results: report metrics, cost per image and relative to a forward, needs."""
+    return {**evaluate_report(report, y, hard, deploy, unlabelled, fpr), "seconds_per_image": secs / len(y),
+            "forward_fraction": secs / forward_secs,
+            **dict(zip(("needs_condition", "needs_training_data", "needs_gradients"), needs))}
+
+
 def _scores(method, setting, x, keys, classes, idx, batch_size):
     return score_settings(method, [setting], batches(x, keys, classes, idx, batch_size))[0]
 
@@ -119,10 +127,8 @@ def bench_seed(adapter: Adapter, train: torch.Tensor, copies: np.ndarray, refere
         ref_s = (sign * _scores(m, setting, ref_b, ref_keys, ref_cls, ref_idx, batch_size)
                  if ref_cls is not None or not m.needs_condition else None)
         deploy, unl = thresholds(sign * cal_scores[best][y[cal] == 0], ref_s, fpr)
-        results[m.name] = {**evaluate_report(s_rep, yr, hard, deploy, unl, fpr),
-                           "seconds_per_image": secs / len(rep), "forward_fraction": secs / ref_secs,
-                           "needs_condition": m.needs_condition, "needs_training_data": m.needs_training_data,
-                           "needs_gradients": m.needs_gradients}
+        results[m.name] = _row(s_rep, yr, hard, deploy, unl, fpr, secs, ref_secs,
+                               (m.needs_condition, m.needs_training_data, m.needs_gradients))
         tuning[m.name] = {"chosen": setting, "sign": "+" if sign > 0 else "-", "sign_flipped": sign < 0,
                           "description": m.description, "candidates": table}
         report_scores[m.name] = s_rep
@@ -130,9 +136,7 @@ def bench_seed(adapter: Adapter, train: torch.Tensor, copies: np.ndarray, refere
     det.fit(x[cal], y[cal], groups=lab["nearest"][cal], keys=[keys[k] for k in cal])
     s_rep, secs, ref_secs = timed_against(lambda: det.score(x[rep], [keys[k] for k in rep]), forward)
     unl = fpr_threshold(det.score(ref_b, ref_keys), fpr)
-    results[DETECTOR] = {**evaluate_report(s_rep, yr, hard, det.threshold_, unl, fpr),
-                         "seconds_per_image": secs / len(rep), "forward_fraction": secs / ref_secs,
-                         "needs_condition": False, "needs_training_data": False, "needs_gradients": False}
+    results[DETECTOR] = _row(s_rep, yr, hard, det.threshold_, unl, fpr, secs, ref_secs, (False, False, False))
     tuning[DETECTOR] = {"chosen": {"t": det.t_, "features": det.features_}, "sign": "+", "sign_flipped": False,
                         "description": "logistic fusion of one forward's spikiness statistics and denoising "
                                        "residual, fitted on calibration (ours)", "selection": det.selection_}
