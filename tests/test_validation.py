@@ -4,7 +4,6 @@ must give exit status 2, exactly one stderr line starting ``diffmem: error:``, n
 file written."""
 
 import json
-import math
 
 import numpy as np
 import pandas as pd

@@ -24,9 +24,8 @@ def output_dir(out: str | os.PathLike) -> Iterator[Path]:
     (created if missing, other files there are kept); on any error the staging folder is
     removed, so a failed command leaves nothing half-written.
     """
+    check_out(out)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DiffmemError(f"--out {out}: exists and is not a folder")
     parent = out.resolve().parent
     created = missing_parents(parent)
     parent.mkdir(parents=True, exist_ok=True)

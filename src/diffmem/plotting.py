@@ -43,6 +43,19 @@ def show_images(ax, images: np.ndarray, ncol: int, title: str | None = None) -> 
         ax.set_title(title, fontsize=9)
 
 
+def plot_top_with_nearest(images, scores, path, title: str, train=None, nearest=None, ratio=None, k: int = 12):
+    """The k highest-scoring images (N, C, H, W) in a row; with ``train`` (M, C, H, W), ``nearest``
+    (N,) and ``ratio`` (N,), their nearest training images below, titled with d1/d2."""
+    order = np.argsort(-np.asarray(scores))[:k]
+    rows = 1 if train is None else 2
+    fig, axes = plt.subplots(rows, 1, figsize=(10, 1.35 * rows + 0.3), squeeze=False)
+    show_images(axes[0, 0], np.asarray(images[order]), k, title)
+    if train is not None:
+        show_images(axes[1, 0], np.asarray(train[nearest[order]]), k,
+                    "nearest training image; d1/d2 " + " ".join(f"{r:.2f}" for r in ratio[order]))
+    return save(fig, path)
+
+
 def normalize_columns(W: np.ndarray) -> np.ndarray:
     """Scale each column (d, p) to [-1, 1] by its largest absolute value, for display."""
     return W / (np.abs(W).max(axis=0, keepdims=True) + 1e-12)

@@ -18,10 +18,10 @@ from diffmem.commands.options import input_range as parse_range
 from diffmem.data.images import FASHION_MNIST_CLASSES, image_key, load_images
 from diffmem.detect.audit import calibrate_on_reference, flag_quality, share_ci
 from diffmem.detect.fusion import FusionDetector
-from diffmem.errors import DiffmemError, check
+from diffmem.errors import check
 from diffmem.models import load_adapter
 from diffmem.outputs import check_out, output_dir, write_json
-from diffmem.plotting import plt, save, show_images
+from diffmem.plotting import plot_top_with_nearest, plt, save
 from diffmem.probe.sampling import sample_images
 from diffmem.scan.inputs import iter_inputs
 
@@ -147,7 +147,10 @@ def audit(model: Model, out: Out,
             _write_pngs(x, tmp / "images")
         frame.to_parquet(tmp / "flags.parquet", index=False)
         _plot_scores(scores, ref_scores, threshold, fpr, tmp / "audit_scores.png")
-        _plot_top(x, scores, flags, train_x, lab, tmp / "top_flagged.png")
+        top = scores.argsort()[::-1][:12]
+        plot_top_with_nearest(x, scores, tmp / "top_flagged.png",
+                              "highest-scoring samples" + (" (flagged)" if flags[top].all() else ""), train_x,
+                              None if lab is None else lab["nearest"], None if lab is None else lab["ratio"])
         write_json(tmp / "audit.json", result)
     return result
 
@@ -184,16 +187,4 @@ def _plot_scores(scores, ref_scores, threshold, fpr, path):
     ax.set_xlabel("memorization score (higher = more likely memorized)")
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
-    return save(fig, path)
-
-
-def _plot_top(x, scores, flags, train_x, lab, path, k: int = 12):
-    order = np.argsort(-scores)[:k]
-    rows = 2 if lab is not None else 1
-    fig, axes = plt.subplots(rows, 1, figsize=(10, 1.35 * rows + 0.3), squeeze=False)
-    show_images(axes[0, 0], x[order].numpy(), k, "highest-scoring samples" + (" (flagged)" if flags[order].all()
-                                                                             else ""))
-    if lab is not None:
-        show_images(axes[1, 0], train_x[lab["nearest"][order]].numpy(), k,
-                    "nearest training image; d1/d2 " + " ".join(f"{r:.2f}" for r in lab["ratio"][order]))
     return save(fig, path)

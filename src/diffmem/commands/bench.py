@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import pandas as pd
 
 from diffmem.bench.harness import (DETECTOR, HYBRID, aggregate, bench_seed, reference_images, require_record,
@@ -20,7 +18,7 @@ from diffmem.detect.methods import T_CANDIDATES
 from diffmem.errors import check
 from diffmem.models import load_adapter
 from diffmem.outputs import check_out, output_dir, write_json
-from diffmem.plotting import plt, save, show_images
+from diffmem.plotting import plot_top_with_nearest
 from diffmem.probe.sampling import sample_images
 
 
@@ -121,8 +119,9 @@ def bench(out: Out, model: Annotated[str | None, Opt("model folder with a traini
         plot_roc({k: (v, y0) for k, v in first["scores"].items()}, tmp / "roc.png",
                  f"report split, seed {seed_list[0]}")
         plot_kde(first["scores"][DETECTOR], y0, tmp / "score_kde.png", f"{DETECTOR} score (report split)")
-        _plot_top(first["x"], train, first["lab"], first["scores"][DETECTOR], ~first["calib"],
-                  tmp / "top_memorized.png")
+        rep, lab = ~first["calib"], first["lab"]
+        plot_top_with_nearest(first["x"][rep], first["scores"][DETECTOR], tmp / "top_memorized.png",
+                              f"highest {DETECTOR} scores (report split)", train, lab["nearest"][rep], lab["ratio"][rep])
         first["detector"].save(tmp / "detector")
     return result
 
@@ -138,10 +137,3 @@ def bench_table(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot_top(x, train, lab, spk, report, path: Path, k: int = 12) -> Path:
-    idx = np.flatnonzero(report)[np.argsort(-spk)[:k]]
-    fig, axes = plt.subplots(2, 1, figsize=(10, 2.6))
-    show_images(axes[0], x[idx].numpy(), k, "highest spikiness (report split)")
-    show_images(axes[1], train[lab["nearest"][idx]].numpy(), k,
-                "nearest training image; ratio " + " ".join(f"{r:.2f}" for r in lab["ratio"][idx]))
-    return save(fig, path)

@@ -10,7 +10,6 @@ and write ``index.html`` (links) and the self-contained ``report.html``.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from diffmem.detect.detector import candidate_layers, image_keys
+from diffmem.detect.methods import T_CANDIDATES
 from diffmem.detect.metrics import fpr_threshold
 from diffmem.errors import DiffmemError, check
 from diffmem.outputs import progress, write_json
@@ -30,7 +31,6 @@ from diffmem.probe.represent import generators
 from diffmem.stats import std as std_stat
 
 RESIDUAL = "residual"
-T_DEFAULTS = (10, 20, 50, 100, 200)
 
 
 @torch.no_grad()
@@ -40,7 +40,7 @@ def one_forward_features(adapter: Adapter, x: torch.Tensor, keys: Sequence[str],
     images x (B, C, H, W) noised at t with the null condition."""
     z = adapter.prepare(x)                                                       # (B, C', H', W')
     eps = gaussian_like(z, generators(seed, keys))                               # (B, C', H', W')
-    z_t = adapter.noise(z, t, generators(seed, keys))
+    z_t = adapter.add_noise(z, t, eps)
     with Capture(adapter.denoiser, list(layers), adapter.call_counts, early_exit=False) as cap:
         pred = adapter.predict_eps(z_t, t, None).float()                             # (B, C', H', W')
     out = {RESIDUAL: (pred - eps.float()).flatten(1).pow(2).sum(1).clamp_min(1e-30).log()}
@@ -122,7 +122,7 @@ class FusionDetector:
     ``calibration_`` (what the threshold was fitted on).
     """
 
-    def __init__(self, adapter: Adapter | None = None, ts: Sequence[float] = T_DEFAULTS,
+    def __init__(self, adapter: Adapter | None = None, ts: Sequence[float] = T_CANDIDATES,
                  layers: Sequence[str] | None = None, max_features: int = 3, C: float = 1.0, fpr: float = 0.01,
                  folds: int = 5, batch_size: int = 256, seed: int = 0):
         check(0 < fpr < 1, f"fpr={fpr}: must be in (0, 1)")
@@ -191,12 +191,11 @@ class FusionDetector:
                                         "cv_auroc": roc_auc_score(y, current)})
             score = roc_auc_score(y, current)
             if best is None or score > best[0] + 1e-4:
-                best = (score, t, chosen, X[:, chosen])
-        _, self.t_, chosen, X = best
+                best = (score, t, chosen, X[:, chosen], current)
+        _, self.t_, chosen, X, oof = best
         self.features_ = [names[c] for c in chosen]
         m = _Logistic(self.C).fit(X, y, groups)
         self.mean_, self.scale_, self.coef_, self.intercept_ = m.mean_, m.scale_, m.coef_, m.intercept_
-        oof = _oof(X, y, groups, folds, self.C)
         self.threshold_ = fpr_threshold(oof[y == 0], self.fpr)
         self.calibration_ = {"kind": "labelled", "n_negatives": int((y == 0).sum()),
                              "out_of_fold": bool(folds)}

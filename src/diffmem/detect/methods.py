@@ -33,8 +33,7 @@ import torch
 
 from diffmem.neighbours import nearest_two
 from diffmem.probe.adapters import Adapter, gaussian_like
-from diffmem.probe.pooling import pool as pool_fn
-from diffmem.probe.represent import capture_layers, generators, noise_seed
+from diffmem.probe.represent import generators, noise_seed, represent
 from diffmem.stats import std as std_stat
 
 T_CANDIDATES = (10, 20, 50, 100, 200)
@@ -79,7 +78,7 @@ class _Forwards:
         with torch.no_grad():
             self.z = adapter.prepare(b.x)                                         # (B, C', H', W')
         self.eps = gaussian_like(self.z, generators(seed, b.keys))               # (B, C', H', W')
-        self.z_t = adapter.noise(self.z, t, generators(seed, b.keys))            # (B, C', H', W')
+        self.z_t = adapter.add_noise(self.z, t, self.eps)                        # (B, C', H', W')
         self._cache: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -115,8 +114,8 @@ def _np(v: torch.Tensor) -> np.ndarray:
 
 def _pooled_layers(adapter: Adapter, b: Batch, layers: Sequence[str], t: int, pool: str, seed: int,
                    early_exit: bool) -> dict[str, torch.Tensor]:
-    acts = capture_layers(adapter, b.x, list(layers), t, generators(seed, b.keys), early_exit=early_exit)
-    return {k: pool_fn(v.float(), pool).cpu() for k, v in acts.items()}             # {layer: (B, C)}
+    """{layer: (B, C)} pooled activations of the batch (:func:`~diffmem.probe.represent.represent`)."""
+    return represent(adapter, b.x, list(layers), t, pool, generators(seed, b.keys), early_exit=early_exit)
 
 
 def spikiness_method(adapter: Adapter, layers: Sequence[str], ts: Sequence[int], seed: int) -> Method:

@@ -127,7 +127,12 @@ class Adapter:
 
     def noise(self, z: torch.Tensor, t: float, generators: Generators) -> torch.Tensor:
         """z_t at timestep t, noise row b from generators[b]."""
-        raise NotImplementedError
+        return self.add_noise(z, t, gaussian_like(z, generators))
+
+    def add_noise(self, z: torch.Tensor, t: float, eps: torch.Tensor) -> torch.Tensor:
+        """z_t at timestep t for the given standard normal noise eps (shaped like z); t is checked."""
+        self.validate_t(t)
+        return z + float(t) * eps
 
     def denoise(self, z_t: torch.Tensor, t: float, cond=None) -> torch.Tensor:
         """One denoiser call; returns the ε (or x₀ for the theory family) prediction."""
@@ -209,9 +214,8 @@ class _SchedulerNoise:
         n = self.scheduler.config.num_train_timesteps
         check(float(t).is_integer() and 0 <= t < n, f"--t {t}: must be an integer timestep in [0, {n - 1}]")
 
-    def noise(self, z, t, generators):
+    def add_noise(self, z, t, eps):
         self.validate_t(t)
-        eps = gaussian_like(z, generators)
         ts = torch.full((z.shape[0],), int(t), dtype=torch.long, device=z.device)
         return self.scheduler.add_noise(z, eps, ts)
 
@@ -458,10 +462,6 @@ class TheoryAdapter(Adapter):
         z = z + self.mean if self.mean is not None else z
         return z.float().reshape(-1, self.image_channels, self.image_size, self.image_size).clamp(-1, 1).cpu()
 
-    def noise(self, z, t, generators):
-        self.validate_t(t)
-        return z + float(t) * gaussian_like(z, generators)
-
     def predict_eps(self, z_t, t, cond=None):
         return (z_t - self.denoise(z_t, t, cond)) / float(t)               # the model predicts x₀
 
@@ -501,9 +501,6 @@ class CustomAdapter(Adapter):
     def prepare(self, x):
         x = x.to(self.device)
         return self._prepare(x) if self._prepare else x
-
-    def noise(self, z, t, generators):
-        return z + float(t) * gaussian_like(z, generators)
 
     def denoise(self, z_t, t, cond=None):
         return self._forward(self.denoiser, z_t, t, cond)
