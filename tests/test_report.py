@@ -35,6 +35,8 @@ def results(tmp_path_factory):
     assert main(["audit", str(model), "--images", str(root.parent / "audit_images"), "--reference",
                  str(root.parent / "audit_reference"), "--train", str(root.parent / "audit_images"), "--quiet",
                  "--n-boot", "50", "--out", str(root / "audit")]) == 0
+    assert main(["monitor", str(model), "--probe", str(root.parent / "audit_images"), "--reference",
+                 str(root.parent / "audit_reference"), "--quiet", "--out", str(root / "monitor")]) == 0
     (root / "bench").mkdir()
     cands = [{"setting": {"layer": "mid_block", "t": 10}, "key": "layer=mid_block,t=10", "auroc": 0.9},
              {"setting": {"layer": "up_blocks.0", "t": 50}, "key": "layer=up_blocks.0,t=50", "auroc": 0.2}]
@@ -48,6 +50,7 @@ def test_report_embeds_everything_and_references_nothing_outside(results):
     assert html.count("data:image/png;base64,") >= 6         # audit ×2, roc, kde, phase, per-layer bars
     assert "http://" not in html and "https://" not in html and "src=\"data:" in html
     assert "per-layer AUROC" in html and "Flags per class or prompt" in html
+    assert "Training monitor" in html and "When each alarm fired" in html     # monitor.png and its table
     audit = json.loads((results / "audit" / "audit.json").read_text())
     assert html.index(audit["verdict"].split(" (")[0]) < html.index("<h2")   # the verdict comes first
     assert str(results) not in html and str(results.parent) not in html       # no absolute paths

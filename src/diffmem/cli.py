@@ -76,7 +76,9 @@ def add_command(sub: argparse.ArgumentParser, fn) -> None:
         help_text = opt.help.replace("%", "%%")
         if opt.positional:
             kw = {"metavar": opt.metavar or name.upper(), "help": help_text}
-            if default is not inspect.Parameter.empty:
+            if opt.many:
+                kw.update(nargs="*", default=() if default is inspect.Parameter.empty else default)
+            elif default is not inspect.Parameter.empty:
                 kw.update(nargs="?", default=default)
             sub.add_argument(name, type=_converter(opt, kind, opt.metavar or name), **kw)
         elif kind is bool:

@@ -47,6 +47,39 @@ def fashion_mnist_reference(size: int, n: int = N_REFERENCE) -> tuple[torch.Tens
     return resize_area(torch.from_numpy(to_model_range(z["test_images"][:n])[:, None]), size), z["test_labels"][:n].astype(np.int64)
 
 
+def _source(record) -> tuple[np.ndarray, np.ndarray | None]:
+    from diffmem.bench.dataset import load_source
+    images, labels = load_source(record.data, record.size)
+    check(max(record.indices) < len(images), f"{record.data}: the training record indexes past its {len(images)} images")
+    return images, labels
+
+
+def record_channels(record) -> int:
+    """Image channels of a training record's data (1 for Fashion-MNIST)."""
+    return 1 if record.data == "fashion-mnist" else _source(record)[0].shape[1]
+
+
+def record_training_images(record) -> tuple[torch.Tensor, np.ndarray]:
+    """The distinct training images (M, C, H, W) in [-1, 1] of a training record
+    (:class:`~diffmem.models.record.ModelRecord`), and how often each was seen (M,)."""
+    if record.data == "fashion-mnist":
+        train = fashion_mnist_train(list(record.indices), record.size)
+    else:
+        train = torch.from_numpy(_source(record)[0][np.asarray(record.indices)])
+    return train, np.asarray(record.copies)
+
+
+def record_reference_images(record) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Held-out real images never trained on (N, C, H, W) in [-1, 1] and their classes (or None):
+    Fashion-MNIST's first test images, else every image of the source the record does not use."""
+    if record.data == "fashion-mnist":
+        return fashion_mnist_reference(record.size)
+    images, labels = _source(record)
+    unused = np.setdiff1d(np.arange(len(images)), record.indices)
+    check(len(unused) >= 4, f"{record.data}: no held-out images left for reference statistics")
+    return torch.from_numpy(images[unused]), None if labels is None else labels[unused]
+
+
 def build_subset(records: list[dict], out: Path = SUBSET) -> Path:
     """Write the shipped subset for the training records (``diffmem.json``) of shipped models."""
     from diffmem.data.images import _read_idx  # raw uint8 pixels

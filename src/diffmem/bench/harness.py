@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diffmem.bench.data import ASSETS, fashion_mnist_reference, fashion_mnist_train
-from diffmem.bench.dataset import load_source
+from diffmem.bench.data import ASSETS, record_channels, record_reference_images, record_training_images
 from diffmem.bench.labels import label_samples
 from diffmem.bench.protocol import (aggregate, batches, evaluate_report, grouped_split, score_settings,
                                     split_overlap, summarize, thresholds, timed_against, tune)
@@ -36,39 +35,27 @@ def require_record(adapter: Adapter, why: str = "exact labels need the training 
     check(adapter.record is not None, f"{adapter.path or 'model'}: no diffmem.json training record; {why}")
 
 
-def _source(adapter: Adapter) -> tuple[np.ndarray, np.ndarray | None]:
+def _check_shape(adapter: Adapter) -> None:
     rec = adapter.record
-    images, labels = load_source(rec.data, rec.size)
-    check(images.shape[1] == adapter.image_channels and images.shape[-1] == adapter.image_size,
-          f"{rec.data}: training images of shape {images.shape[1:]} do not match the model's "
-          f"({adapter.image_channels}, {adapter.image_size}, {adapter.image_size})")
-    check(max(rec.indices) < len(images), f"{rec.data}: the training record indexes past its {len(images)} images")
-    return images, labels
+    check((adapter.image_channels, adapter.image_size) == (record_channels(rec), rec.size),
+          f"{rec.data}: training images of shape ({record_channels(rec)}, {rec.size}, {rec.size}) do not match "
+          f"the model's ({adapter.image_channels}, {adapter.image_size}, {adapter.image_size})")
 
 
 def training_images(adapter: Adapter) -> tuple[torch.Tensor, np.ndarray]:
     """The distinct training images (M, C, H, W) in [-1, 1] of a model with a training record, and
     how often each was seen (M,)."""
     require_record(adapter)
-    rec = adapter.record
-    if rec.data == "fashion-mnist":
-        train = fashion_mnist_train(list(rec.indices), rec.size)
-    else:
-        train = torch.from_numpy(_source(adapter)[0][np.asarray(rec.indices)])
-    return train, np.asarray(rec.copies)
+    _check_shape(adapter)
+    return record_training_images(adapter.record)
 
 
 def reference_images(adapter) -> tuple[torch.Tensor, np.ndarray | None]:
     """Held-out real images the model never trained on (N, C, H, W) in [-1, 1], and their classes
     (None when the data set has none)."""
     require_record(adapter, "held-out reference images come from its training data")
-    rec = adapter.record
-    if rec.data == "fashion-mnist":
-        return fashion_mnist_reference(rec.size)
-    images, labels = _source(adapter)
-    unused = np.setdiff1d(np.arange(len(images)), rec.indices)
-    check(len(unused) >= 4, f"{rec.data}: no held-out images left for reference statistics")
-    return torch.from_numpy(images[unused]), None if labels is None else labels[unused]
+    _check_shape(adapter)
+    return record_reference_images(adapter.record)
 
 
 def _row(report: np.ndarray, y: np.ndarray, hard: np.ndarray, deploy: float, unlabelled: float | None, fpr: float,

@@ -7,6 +7,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,15 +43,20 @@ def make_unet(config: str, size: int, channels: int, num_classes: int | None, se
 def train_unet(out: str | os.PathLike, data: str = "fashion-mnist", size: int = 16, distinct: int = 2000,
                dup: str = "10x100,20x40", steps: int = 6000, batch_size: int = 128, lr: float = 1e-3,
                label_dropout: float = 0.1, config: str = "bench-s", seed: int = 0, threads: int | None = None,
-               quiet: bool = False) -> dict:
+               checkpoint_every: int = 0, callback: Callable | None = None, quiet: bool = False) -> dict:
     """Train on ``distinct`` images plus duplicated ones and save a diffusers pipeline folder.
 
     ``out`` gets ``model_index.json``, ``unet/`` (safetensors), ``scheduler/`` and ``diffmem.json``
-    (source indices, copies, labels, null class, seed and the training settings).
+    (source indices, copies, labels, null class, seed and the training settings); with
+    ``checkpoint_every`` K also ``checkpoints/step-000K/`` (the same layout, ``diffmem.json`` holding
+    ``global_step``) every K steps. ``callback(unet, global_step, tmp, record)`` runs after every
+    optimizer step (``tmp``: the staging output folder; ``record``: the training record dict), e.g.
+    :class:`diffmem.monitor.training.TrainingCallback`.
     """
     from diffusers import DDPMPipeline, DDPMScheduler
     check(steps >= 1 and batch_size >= 1, "--steps and --batch-size must be >= 1")
     check(0 <= label_dropout < 1, f"--label-dropout {label_dropout}: must be in [0, 1)")
+    check(checkpoint_every >= 0, f"--checkpoint-every {checkpoint_every}: must be >= 0")
     if threads:
         torch.set_num_threads(threads)
     dups = Duplication.parse(dup)
@@ -67,35 +73,44 @@ def train_unet(out: str | os.PathLike, data: str = "fashion-mnist", size: int = 
     lr_at = lambda k: min(1.0, (k + 1) / warm) * 0.5 * (1 + math.cos(math.pi * k / steps))  # noqa: E731
     lrs = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     g = torch.Generator().manual_seed(seed)
-    unet.train()
-    t0, losses = time.time(), []
-    bar = progress(range(steps), desc="train unet", disable=quiet)
-    for _ in bar:
-        idx = torch.randint(len(X), (batch_size,), generator=g)
-        x0 = X[idx]                                                       # (B, C, H, W)
-        eps = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, 1000, (batch_size,), generator=g)
-        x_t = sched.add_noise(x0, eps, t)
-        cond = None
-        if Y is not None:
-            drop = torch.rand(batch_size, generator=g) < label_dropout
-            cond = torch.where(drop, torch.full_like(Y[idx], num_classes), Y[idx])
-        loss = F.mse_loss(unet(x_t, t, class_labels=cond).sample, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        lrs.step()
-        losses.append(loss.item())
-        if len(losses) % 100 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
-    unet.eval()
     record = {"data": data, "size": size, "distinct": distinct, "dup": dup, "steps": steps,
               "batch_size": batch_size, "lr": lr, "label_dropout": label_dropout, "config": config,
               "seed": seed, "num_classes": num_classes, "null_class": num_classes,
               "parameters": sum(p.numel() for p in unet.parameters()),
-              "train_seconds": time.time() - t0, "final_loss": float(np.mean(losses[-200:])),
               "indices": ts["indices"], "copies": ts["copies"], "labels": ts["labels"]}
+
+    def save(folder: Path, **extra) -> None:
+        DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(folder, safe_serialization=True)
+        (folder / "diffmem.json").write_text(json.dumps({**record, **extra}))
+
+    unet.train()
+    t0, losses = time.time(), []
     with output_dir(out) as tmp:
-        DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(tmp, safe_serialization=True)
-        (Path(tmp) / "diffmem.json").write_text(json.dumps(record))
+        bar = progress(range(1, steps + 1), desc="train unet", disable=quiet)
+        for k in bar:
+            idx = torch.randint(len(X), (batch_size,), generator=g)
+            x0 = X[idx]                                                       # (B, C, H, W)
+            eps = torch.randn(x0.shape, generator=g)                          # (B, C, H, W)
+            t = torch.randint(0, 1000, (batch_size,), generator=g)            # (B,)
+            x_t = sched.add_noise(x0, eps, t)                                 # (B, C, H, W)
+            cond = None
+            if Y is not None:
+                drop = torch.rand(batch_size, generator=g) < label_dropout
+                cond = torch.where(drop, torch.full_like(Y[idx], num_classes), Y[idx])   # (B,)
+            loss = F.mse_loss(unet(x_t, t, class_labels=cond).sample, eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            lrs.step()
+            losses.append(loss.item())
+            if k % 100 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+            if checkpoint_every and k % checkpoint_every == 0:
+                save(tmp / "checkpoints" / f"step-{k:06d}", global_step=k)
+            if callback is not None:
+                callback(unet, k, tmp, record)
+        bar.close()
+        unet.eval()
+        record.update(train_seconds=time.time() - t0, final_loss=float(np.mean(losses[-200:])))
+        save(tmp, global_step=steps)
     return {k: v for k, v in record.items() if k not in ("indices", "copies", "labels")}

@@ -24,7 +24,8 @@ class Opt:
     ``help``: text shown by ``--help`` (the default is appended); ``positional``: an argument,
     not a ``--flag``; ``metavar``; ``choices``; ``min``/``max``: inclusive bounds of a number (or of
     each list item); ``above``: exclusive lower bound; ``list_of``: a comma-separated list of this
-    type (the value passed on is a tuple); ``flag``: the flag's name when not ``--param-name``.
+    type (the value passed on is a tuple); ``flag``: the flag's name when not ``--param-name``;
+    ``many``: a positional taking zero or more values (passed on as a list).
     """
 
     help: str
@@ -36,6 +37,7 @@ class Opt:
     above: float | None = None
     list_of: type | None = None
     flag: str | None = None
+    many: bool = False
 
     def convert(self, text: str, kind: type, name: str) -> Any:
         """Parse and check one typed value; :class:`OptionError` names ``name`` (the flag)."""

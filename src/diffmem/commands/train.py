@@ -6,6 +6,7 @@ from typing import Annotated
 
 from diffmem.bench.train import UNET_CONFIGS, train_unet
 from diffmem.commands.options import BatchSize, Opt, Out, Quiet, Seed
+from diffmem.monitor.training import MONITOR_EVERY, TrainingCallback
 from diffmem.outputs import check_out
 from diffmem.steer.classifier import train_classifier
 
@@ -19,13 +20,17 @@ def train(out: Out,
           lr: Annotated[float, Opt("learning rate", above=0)] = 1e-3,
           label_dropout: Annotated[float, Opt("null-class rate (classifier-free guidance)", min=0, max=0.99)] = 0.1,
           config: Annotated[str, Opt("UNet size", choices=tuple(UNET_CONFIGS))] = "bench-s",
+          checkpoint_every: Annotated[int, Opt("save DIR/checkpoints/step-K every K steps (0: none)", min=0)] = 0,
+          monitor: Annotated[bool, Opt("run the memorization monitor every --checkpoint-every steps (default "
+                                       "500) and keep DIR/monitor.json; prints a line when its alarm fires")] = False,
           seed: Seed = 0, quiet: Quiet = False) -> dict:
     """Train a class-conditional UNet2DModel on N distinct images plus duplicated ones: a diffusers
     ``DDPMPipeline`` folder + ``diffmem.json`` (the training record)."""
     check_out(out)
+    callback = TrainingCallback(checkpoint_every or MONITOR_EVERY, seed=seed, quiet=quiet) if monitor else None
     return train_unet(out, data=data, size=size, distinct=distinct, dup="" if dup == "none" else dup, steps=steps,
                       batch_size=batch_size, lr=lr, label_dropout=label_dropout, config=config, seed=seed,
-                      quiet=quiet)
+                      checkpoint_every=checkpoint_every, callback=callback, quiet=quiet)
 
 
 def classifier(out: Out, size: Annotated[int, Opt("image side in pixels", min=4)] = 16,

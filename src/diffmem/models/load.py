@@ -221,3 +221,20 @@ def _load_theory(path: Path, record: ModelRecord | None = None) -> TheoryAdapter
     except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
         raise DiffmemError(f"{path}: not a valid theory model ({exc})") from None
     return TheoryAdapter(model, shape, path=path, record=record)
+
+
+def wrap_model(model, scheduler=None) -> Adapter:
+    """An :class:`Adapter` for a model object in memory — an adapter (returned as is), a diffusers
+    ``UNet2DModel`` or ``DiTTransformer2DModel``, possibly wrapped by DDP/accelerate (``.module``)
+    or ``torch.compile`` (``._orig_mod``). Other families: build their adapter and pass that."""
+    if isinstance(model, Adapter):
+        return model
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    import diffusers
+    if isinstance(model, diffusers.UNet2DModel):
+        return UNet2DAdapter(model, scheduler)
+    if isinstance(model, diffusers.DiTTransformer2DModel):
+        return DiTAdapter(model, scheduler)
+    raise DiffmemError(f"model of type {type(model).__name__}: pass an Adapter for this family "
+                       f"(diffmem.probe.adapters)")

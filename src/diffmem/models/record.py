@@ -30,16 +30,20 @@ class ModelRecord:
         if not path.exists():
             return None
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(raw, dict):
-                raise ValueError("not a JSON object")
-            indices = tuple(int(i) for i in raw["indices"])
-            copies = tuple(int(c) for c in raw["copies"])
-            if len(indices) != len(copies) or not indices:
-                raise ValueError(f"{len(indices)} indices but {len(copies)} copy counts")
-            null = raw.get("null_class")
-            rec = cls(str(raw["data"]), int(raw["size"]), indices, copies, None if null is None else int(null),
-                      {k: v for k, v in raw.items() if k not in ("data", "size", "indices", "copies", "null_class")})
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise DiffmemError(f"{path}: not a valid training record ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ModelRecord":
+        """A record from the JSON object ``diffmem train`` writes (KeyError/TypeError/ValueError if malformed)."""
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        indices = tuple(int(i) for i in raw["indices"])
+        copies = tuple(int(c) for c in raw["copies"])
+        if len(indices) != len(copies) or not indices:
+            raise ValueError(f"{len(indices)} indices but {len(copies)} copy counts")
+        null = raw.get("null_class")
+        rec = cls(str(raw["data"]), int(raw["size"]), indices, copies, None if null is None else int(null),
+                  {k: v for k, v in raw.items() if k not in ("data", "size", "indices", "copies", "null_class")})
         return rec

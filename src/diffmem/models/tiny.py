@@ -20,13 +20,15 @@ _TOKENS = [chr(c) for c in range(33, 127)]
 
 
 
-def tiny_unet2d(sample_size: int = 16, channels: int = 1, num_classes: int | None = None, seed: int = 0):
-    """A ~0.1M-parameter ``UNet2DModel``; class-conditional with ``num_classes`` + 1 (null) embeddings."""
+def tiny_unet2d(sample_size: int = 16, channels: int = 1, num_classes: int | None = None, seed: int = 0,
+                widths: tuple[int, int] = (16, 32)):
+    """A ~0.1M-parameter ``UNet2DModel`` (``widths``: block channels); class-conditional with
+    ``num_classes`` + 1 (null) embeddings."""
     from diffusers import UNet2DModel
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return UNet2DModel(sample_size=sample_size, in_channels=channels, out_channels=channels,
-                           block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                           block_out_channels=widths, layers_per_block=1, norm_num_groups=8,
                            down_block_types=("DownBlock2D", "DownBlock2D"),
                            up_block_types=("UpBlock2D", "UpBlock2D"),
                            num_class_embeds=None if num_classes is None else num_classes + 1).eval()
@@ -53,11 +55,11 @@ def _tiny_tokenizer(folder: Path):
 
 
 def save_tiny_unet2d(path: str | os.PathLike, num_classes: int | None = 10, seed: int = 0,
-                     sample_size: int = 16) -> Path:
+                     sample_size: int = 16, widths: tuple[int, int] = (16, 32)) -> Path:
     """A tiny class-conditional pixel-space DDPM pipeline folder (unet + scheduler)."""
     from diffusers import DDPMPipeline, DDPMScheduler
     path = Path(path)
-    DDPMPipeline(unet=tiny_unet2d(sample_size, 1, num_classes, seed), scheduler=DDPMScheduler()
+    DDPMPipeline(unet=tiny_unet2d(sample_size, 1, num_classes, seed, widths), scheduler=DDPMScheduler()
                  ).save_pretrained(path, safe_serialization=True)
     return path
 

@@ -187,6 +187,17 @@ class Adapter:
         """Layers whose outputs a concept vector is added to (the released recipe mapped to the family)."""
         return [self.default_layer]
 
+    # -- weights --------------------------------------------------------------------------
+    @property
+    def bottleneck(self) -> str:
+        """The module whose weights the training monitor's stable rank reads."""
+        return self.default_layer.split("@")[0]
+
+    def bottleneck_weights(self) -> dict[str, torch.Tensor]:
+        """{parameter name: weight (out, …)} of every matrix or kernel under :attr:`bottleneck`."""
+        module = dict(self.denoiser.named_modules())[self.bottleneck]
+        return {f"{self.bottleneck}.{n}": w for n, w in module.named_parameters() if w.ndim >= 2}
+
     # -- layers ---------------------------------------------------------------------------
     def dummy_forward(self) -> Callable[[], object]:
         """A zero-argument callable running one batch-1 forward on a zero input."""
@@ -280,6 +291,8 @@ class UNet2DAdapter(_SchedulerNoise, Adapter):
     def steering_layers(self):
         return _up_block_recipe(self.denoiser)
 
+    bottleneck = "mid_block"
+
     def denoise(self, z_t, t, cond=None):
         cond = self.null_condition(z_t.shape[0]) if cond is None else cond
         return self.denoiser(z_t, t, class_labels=cond).sample
@@ -350,6 +363,8 @@ class StableDiffusionAdapter(_Latent, _SchedulerNoise, Adapter):
     def default_layer(self) -> str:
         n = len(self.denoiser.up_blocks[0].resnets)
         return f"up_blocks.0.resnets.{n - 1}.nonlinearity"
+
+    bottleneck = "mid_block"
 
     def steering_layers(self):
         return _up_block_recipe(self.denoiser)

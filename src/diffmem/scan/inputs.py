@@ -32,24 +32,6 @@ class Item:
     label: object = None
     prompt: str | None = None
 
-    def record(self) -> dict:
-        """A plain description another process can rebuild with :func:`item_from_record`."""
-        return {"index": self.index, "path": self.path, "label": None if self.label is None else str(self.label),
-                "prompt": self.prompt}
-
-
-def item_from_record(rec: dict, size: int, channels: int, input_range=None) -> Item:
-    """Rebuild an :class:`Item` from :meth:`Item.record` (``file.npy[i]`` paths address array rows)."""
-    path = str(rec["path"])
-    if path.endswith("]") and "[" in path and Path(path.rsplit("[", 1)[0]).suffix in (".npy", ".npz"):
-        src, i = path.rsplit("[", 1)
-        arr, _ = _open_array(Path(src))
-        i = int(i[:-1])
-        loader = _array_loader(arr[i], path, size, channels, input_range)
-    else:
-        loader = _file_loader(Path(path), size, channels)
-    return Item(int(rec["index"]), path, loader, label=rec.get("label"), prompt=rec.get("prompt"))
-
 
 def _file_loader(path: Path, size: int, channels: int):
     def load():
@@ -107,36 +89,103 @@ def _check_array_source(arr: np.ndarray, name: str, input_range, chunk: int = 40
             array_to_model_range(np.asarray(arr[i:i + chunk]), name, None)
 
 
+class Source:
+    """An input source, validated once, addressed by index: ``len(source)``, ``source.item(i)``,
+    ``source.items()``. :meth:`spec` is a small dict another process (a Ray actor) turns back into
+    the same source with :meth:`from_spec`, so only indices need to travel. An array is memory-mapped
+    (.npy) and a folder keeps only its sorted file names: memory does not grow with the inputs."""
+
+    def __init__(self, source: str | os.PathLike, size: int, channels: int, input_range=None,
+                 allow_outside: bool = False, _checked: bool = False):
+        src = Path(source)
+        self.src, self.size, self.channels = src, size, channels
+        self.input_range, self.allow_outside = input_range, allow_outside
+        self.labels = self.records = self.names = self.arr = None
+        if not src.exists():
+            raise DiffmemError(f"{src}: no such file or folder")
+        if src.is_dir():
+            self.kind = "folder"
+            self.names = sorted(p.name for p in src.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not self.names:
+                raise DiffmemError(f"{src}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+        elif src.suffix in (".npy", ".npz"):
+            self.kind = "array"
+            self.arr, self.labels = _open_array(src)
+            if self.arr.ndim not in (3, 4) or len(self.arr) == 0:
+                raise DiffmemError(f"{src}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C), "
+                                   f"got shape {self.arr.shape}")
+            if not _checked:
+                _check_array_source(self.arr, str(src), input_range)
+            if self.labels is not None and self.labels.shape != (len(self.arr),):
+                raise DiffmemError(f"{src}: 'labels' has shape {self.labels.shape}, expected ({len(self.arr)},): "
+                                   f"one label per image")
+        elif src.suffix in (".jsonl", ".json"):
+            self.kind = "manifest"
+            self.records = _manifest_records(src, allow_outside)
+        else:
+            raise DiffmemError(f"{src}: IMAGES must be a folder, a .npy/.npz array or a .jsonl manifest")
+
+    def spec(self) -> dict:
+        return {"source": str(self.src), "size": self.size, "channels": self.channels,
+                "input_range": self.input_range, "allow_outside": self.allow_outside}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Source":
+        """The source :meth:`spec` describes (its whole-array checks already passed)."""
+        return cls(**spec, _checked=True)
+
+    def __len__(self) -> int:
+        return len(self.names if self.kind == "folder" else self.arr if self.kind == "array" else self.records)
+
+    def item(self, i: int) -> Item:
+        if self.kind == "folder":
+            p = self.src / self.names[i]
+            return Item(i, str(p), _file_loader(p, self.size, self.channels))
+        if self.kind == "array":
+            name = f"{self.src}[{i}]"
+            return Item(i, name, _array_loader(self.arr[i], name, self.size, self.channels, self.input_range),
+                        label=None if self.labels is None else self.labels[i].item())
+        rec = self.records[i]
+        p = Path(rec["path"])
+        p = p if p.is_absolute() else self.src.parent / p
+        prompt = rec.get("prompt")
+        return Item(i, str(p), _file_loader(p, self.size, self.channels), label=rec.get("label"),
+                    prompt=None if prompt is None else str(prompt))
+
+    def items(self, indices=None) -> Iterator[Item]:
+        return (self.item(int(i)) for i in (range(len(self)) if indices is None else indices))
+
+    def fingerprint(self) -> str:
+        """sha256 of the inputs' keys (paths), plus an array file's bytes, read in chunks."""
+        h = hashlib.sha256()
+        for i in range(len(self)):
+            h.update(((b"\n" if i else b"") + self._key(i).encode()))
+        if self.kind == "array" and self.src.is_file():
+            with open(self.src, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        return h.hexdigest()
+
+    def _key(self, i: int) -> str:
+        if self.kind == "folder":
+            return str(self.src / self.names[i])
+        if self.kind == "array":
+            return f"{self.src}[{i}]"
+        p = Path(self.records[i]["path"])
+        return str(p if p.is_absolute() else self.src.parent / p)
+
+
 def iter_inputs(source: str | os.PathLike, size: int, channels: int, input_range=None,
                 allow_outside: bool = False) -> Iterator[Item]:
     """Stream the inputs of ``source``; validation of the source itself happens before the first item.
 
     ``input_range`` (lo, hi) rescales array values (see :func:`diffmem.data.images.array_to_model_range`);
     manifest paths resolve relative to the manifest and may not leave its folder unless ``allow_outside``."""
-    src = Path(source)
-    if not src.exists():
-        raise DiffmemError(f"{src}: no such file or folder")
-    if src.is_dir():
-        files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DiffmemError(f"{src}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-        return (Item(i, str(p), _file_loader(p, size, channels)) for i, p in enumerate(files))
-    if src.suffix in (".npy", ".npz"):
-        arr, labels = _open_array(src)
-        if arr.ndim not in (3, 4) or len(arr) == 0:
-            raise DiffmemError(f"{src}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C), "
-                               f"got shape {arr.shape}")
-        _check_array_source(arr, str(src), input_range)
-        if labels is not None and labels.shape != (len(arr),):
-            raise DiffmemError(f"{src}: 'labels' has shape {labels.shape}, expected ({len(arr)},): one label per image")
-        return (Item(i, f"{src}[{i}]", _array_loader(arr[i], f"{src}[{i}]", size, channels, input_range),
-                     label=None if labels is None else labels[i].item()) for i in range(len(arr)))
-    if src.suffix in (".jsonl", ".json"):
-        return _manifest(src, size, channels, allow_outside)
-    raise DiffmemError(f"{src}: IMAGES must be a folder, a .npy/.npz array or a .jsonl manifest")
+    return Source(source, size, channels, input_range, allow_outside).items()
 
 
-def _manifest(src: Path, size: int, channels: int, allow_outside: bool = False) -> Iterator[Item]:
+def _manifest_records(src: Path, allow_outside: bool = False) -> list[dict]:
+    """The validated ``{"path", "label"?, "prompt"?}`` lines of a JSONL manifest."""
     try:
         lines = src.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -156,13 +205,7 @@ def _manifest(src: Path, size: int, channels: int, allow_outside: bool = False) 
         if not allow_outside and not target.is_relative_to(home):
             raise DiffmemError(f"{src}:{n}: path {rec['path']!r} leaves the manifest's folder; pass "
                                f"--allow-outside to read it")
-        records.append(rec)
+        records.append({k: rec.get(k) for k in ("path", "label", "prompt")})
     if not records:
         raise DiffmemError(f"{src}: empty manifest")
-    def item(i: int, rec: dict) -> Item:
-        p = Path(rec["path"])
-        p = p if p.is_absolute() else src.parent / p
-        prompt = rec.get("prompt")
-        return Item(i, str(p), _file_loader(p, size, channels), label=rec.get("label"),
-                    prompt=None if prompt is None else str(prompt))
-    return (item(i, rec) for i, rec in enumerate(records))
+    return records

@@ -18,9 +18,12 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from diffmem.errors import DiffmemError, check
@@ -29,11 +32,14 @@ from diffmem.probe.adapters import Adapter
 from diffmem.probe.pooling import POOLS
 from diffmem.data.images import image_key
 from diffmem.probe.represent import spikiness
-from diffmem.scan.inputs import Item, iter_inputs
+from diffmem.scan.inputs import Item, Source
 from diffmem.stats import STATISTICS
 
-COLUMNS = ["index", "path", "sha256", "layer", "t", "pool", "repeats", "score", *STATISTICS, "flagged",
-           "label", "prompt", "error"]
+SCHEMA = pa.schema([("index", pa.int64()), ("path", pa.string()), ("sha256", pa.string()), ("layer", pa.string()),
+                    ("t", pa.float64()), ("pool", pa.string()), ("repeats", pa.int64()), ("score", pa.float64()),
+                    *((k, pa.float64()) for k in STATISTICS), ("flagged", pa.bool_()), ("label", pa.string()),
+                    ("prompt", pa.string()), ("error", pa.string())])
+COLUMNS = SCHEMA.names
 _DETECTORS: dict = {}     # (id(adapter), detector folder) → loaded detector, one per process
 
 
@@ -59,10 +65,13 @@ def score_batch(adapter: Adapter, x: torch.Tensor, keys: list[str], settings: di
     return {"score": cols[settings["statistic"]], **cols, "flagged": np.full(len(x), np.nan)}
 
 
-def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
-    """Write ``df`` to ``path`` via a temporary file, fsync, and rename."""
+def atomic_write_parquet(data: pa.Table | pd.DataFrame, path: Path) -> None:
+    """Write a table to ``path`` via a temporary file, fsync, and rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_parquet(tmp, index=False)
+    if isinstance(data, pa.Table):
+        pq.write_table(data, tmp)
+    else:
+        data.to_parquet(tmp, index=False)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -73,56 +82,56 @@ def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
         os.close(dfd)
 
 
-def _rows_for_batch(adapter: Adapter, batch: list[tuple[Item, np.ndarray, str]], settings: dict,
-                    on_error: str, batch_size: int) -> list[dict]:
-    # Batches are zero-padded to batch_size: kernels are then the same for every batch, and a row's
-    # score does not depend on how full its batch was (resumed scans equal uninterrupted ones).
-    x = torch.from_numpy(np.stack([im for _, im, _ in batch]))
+def _batch_columns(adapter: Adapter, batch: list[tuple[Item, np.ndarray, str]], settings: dict,
+                   on_error: str, batch_size: int) -> dict[str, list | np.ndarray]:
+    """Columns of one scored batch (no per-row objects). Batches are zero-padded to ``batch_size``:
+    kernels are then the same for every batch, and a row's score does not depend on how full its
+    batch was (resumed scans equal uninterrupted ones)."""
+    n = len(batch)
+    x = torch.from_numpy(np.stack([im for _, im, _ in batch]))                  # (n, C, H, W)
     keys = [image_key(im) for _, im, _ in batch]           # the one image identity (seeds the noise)
-    pad = batch_size - len(batch)
-    if pad > 0:
-        x = torch.cat([x, torch.zeros(pad, *x.shape[1:])])
-        keys = keys + [f"pad{i}" for i in range(pad)]
-    cols = score_batch(adapter, x, keys, settings)
-    rows = []
-    for j, (item, _, sha) in enumerate(batch):
-        vals = {k: float(v[j]) for k, v in cols.items()}
-        error = None
-        if not np.isfinite(vals["score"]):
-            error = f"layer {settings['layer']!r}: NaN or infinite activations"
-            if on_error == "fail":
-                raise DiffmemError(f"{item.path}: {error}")
-        rows.append(_row(item, sha, settings, vals, error))
-    return rows
+    if batch_size > n:
+        x = torch.cat([x, torch.zeros(batch_size - n, *x.shape[1:])])           # (batch_size, C, H, W)
+        keys = keys + [f"pad{i}" for i in range(batch_size - n)]
+    cols = {k: np.asarray(v, dtype=np.float64)[:n] for k, v in score_batch(adapter, x, keys, settings).items()}
+    bad = ~np.isfinite(cols["score"])
+    error = f"layer {settings['layer']!r}: NaN or infinite activations"
+    if on_error == "fail" and bad.any():
+        raise DiffmemError(f"{batch[int(np.argmax(bad))][0].path}: {error}")
+    return {"index": [it.index for it, _, _ in batch], "path": [it.path for it, _, _ in batch],
+            "sha256": [sha for _, _, sha in batch], **cols,
+            "label": [None if it.label is None else str(it.label) for it, _, _ in batch],
+            "prompt": [it.prompt for it, _, _ in batch], "error": [error if b else None for b in bad]}
 
 
-def _row(item: Item, sha: str | None, settings: dict, vals: dict | None, error: str | None) -> dict:
-    vals = vals or {k: float("nan") for k in ("score", *STATISTICS, "flagged")}
-    flagged = vals.pop("flagged")
-    return {"index": item.index, "path": item.path, "sha256": sha, "layer": settings["layer"],
-            "t": float(settings["t"]), "pool": settings["pool"], "repeats": settings["repeats"],
-            **vals, "flagged": None if flagged != flagged else bool(flagged),
-            "label": None if item.label is None else str(item.label), "prompt": item.prompt, "error": error}
+def _error_columns(items: list[Item], errors: list[str]) -> dict[str, list | np.ndarray]:
+    nan = np.full(len(items), np.nan)
+    return {"index": [it.index for it in items], "path": [it.path for it in items], "sha256": [None] * len(items),
+            **{k: nan for k in ("score", *STATISTICS, "flagged")},
+            "label": [None if it.label is None else str(it.label) for it in items],
+            "prompt": [it.prompt for it in items], "error": errors}
 
 
-def source_fingerprint(items: list[Item], source: str | os.PathLike) -> str:
-    """sha256 of an input source's list of keys (its items' paths), plus an array file's bytes."""
-    import hashlib
-    h = hashlib.sha256("\n".join(it.path for it in items).encode())
-    src = Path(source)
-    if src.is_file() and src.suffix in (".npy", ".npz"):
-        with open(src, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+def _table(chunks: list[dict], settings: dict) -> pa.Table:
+    """One Arrow table (:data:`SCHEMA`, sorted by index) from column chunks."""
+    if not chunks:
+        return SCHEMA.empty_table()
+    cat = {k: [v for c in chunks for v in c[k]] if isinstance(chunks[0][k], list)
+           else np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    n = len(cat["index"])
+    flagged = np.asarray(cat.pop("flagged"), dtype=np.float64)
+    cols = {**cat, "layer": [settings["layer"]] * n, "t": np.full(n, float(settings["t"])),
+            "pool": [settings["pool"]] * n, "repeats": np.full(n, settings["repeats"], dtype=np.int64),
+            "flagged": pa.array(flagged > 0.5, mask=np.isnan(flagged))}
+    return pa.table({f.name: pa.array(cols[f.name], type=f.type) if not isinstance(cols[f.name], pa.Array)
+                     else cols[f.name] for f in SCHEMA}, schema=SCHEMA).sort_by("index")
 
 
-def fingerprint(adapter: Adapter, items: list[Item], source, batch_size: int, threads: int,
-                input_range=None) -> dict:
+def fingerprint(adapter: Adapter, source: Source, batch_size: int, threads: int, input_range=None) -> dict:
     """What else makes a scan's rows comparable, recorded with its settings for ``--resume``."""
     from diffmem.models import model_fingerprint
     return {"model_weights": model_fingerprint(adapter.path) if adapter.path is not None else None,
-            "inputs": source_fingerprint(items, source), "n_inputs": len(items), "batch_size": batch_size,
+            "inputs": source.fingerprint(), "n_inputs": len(source), "batch_size": batch_size,
             "threads": threads, "input_range": None if input_range is None else [float(v) for v in input_range]}
 
 
@@ -159,55 +168,54 @@ def scan(adapter: Adapter, images: str | os.PathLike, out: str | os.PathLike, la
     check(on_error in ("skip", "fail"), f"--on-error {on_error!r}: 'skip' or 'fail'")
     check(batch_size >= 1 and part_size >= 1, "--batch-size and --part-size must be >= 1")
     settings = scan_settings(adapter, layer, t, pool, repeats, seed, detector=detector)
-    items = list(iter_inputs(images, adapter.image_size, adapter.image_channels, input_range, allow_outside))
-    settings.update(fingerprint(adapter, items, images, batch_size, torch.get_num_threads(), input_range))
+    source = Source(images, adapter.image_size, adapter.image_channels, input_range, allow_outside)
+    settings.update(fingerprint(adapter, source, batch_size, torch.get_num_threads(), input_range))
     out = Path(out)
     parts = out / "parts"
     t0, n_new = time.perf_counter(), 0
     with committed_parts(out, settings, resume) as done:
-        bar = progress(desc="scan", unit="img")
-        chunk: list[Item] = []
-        for item in items:
-            bar.update()
-            if item.index in done:
-                continue
-            chunk.append(item)
-            if len(chunk) >= part_size:
-                n_new += _commit(parts, score_items(adapter, chunk, settings, on_error, batch_size))
-                chunk = []
-        n_new += _commit(parts, score_items(adapter, chunk, settings, on_error, batch_size))
+        todo = np.setdiff1d(np.arange(len(source)), np.fromiter(done, np.int64, len(done)))   # (n_todo,)
+        bar = progress(total=len(todo), desc="scan", unit="img")
+        for k in range(0, len(todo), part_size):
+            chunk = todo[k:k + part_size]
+            n_new += _commit(parts, score_items(adapter, source.items(chunk), settings, on_error, batch_size))
+            bar.update(len(chunk))
         bar.close()
     seconds = time.perf_counter() - t0
     return finalize(out, settings, {"model": str(getattr(adapter, "path", "")), "images": str(images),
                                     "seconds": seconds, "new_rows": n_new})
 
 
-def score_items(adapter: Adapter, items: list[Item], settings: dict, on_error: str, batch_size: int) -> list[dict]:
-    """Rows for ``items``: unreadable inputs become error rows (or raise with ``on_error='fail'``),
-    readable ones are scored in zero-padded batches of ``batch_size``. Used by every engine."""
-    rows, batch = [], []
+def score_items(adapter: Adapter, items: Iterable[Item], settings: dict, on_error: str, batch_size: int) -> pa.Table:
+    """The rows of ``items`` as an Arrow table: unreadable inputs become error rows (or raise with
+    ``on_error='fail'``), readable ones are scored in zero-padded batches of ``batch_size``. Used by
+    every engine."""
+    chunks, batch, failed, errors = [], [], [], []
     for item in items:
         try:
             image, sha = item.loader()
         except DiffmemError as exc:
             if on_error == "fail":
                 raise
-            rows.append(_row(item, None, settings, None, str(exc)))
+            failed.append(item)
+            errors.append(str(exc))
             continue
         batch.append((item, image, sha))
         if len(batch) == batch_size:
-            rows += _rows_for_batch(adapter, batch, settings, on_error, batch_size)
+            chunks.append(_batch_columns(adapter, batch, settings, on_error, batch_size))
             batch = []
     if batch:
-        rows += _rows_for_batch(adapter, batch, settings, on_error, batch_size)
-    return sorted(rows, key=lambda r: r["index"])
+        chunks.append(_batch_columns(adapter, batch, settings, on_error, batch_size))
+    if failed:
+        chunks.append(_error_columns(failed, errors))
+    return _table(chunks, settings)
 
 
-def _commit(parts: Path, rows: list[dict]) -> int:
-    """Write ``rows`` as one atomically committed part; return how many."""
-    if rows:
-        atomic_write_parquet(pd.DataFrame(rows, columns=COLUMNS), parts / f"part-{rows[0]['index']:09d}.parquet")
-    return len(rows)
+def _commit(parts: Path, table: pa.Table) -> int:
+    """Write ``table`` as one atomically committed part named by its first index; return its rows."""
+    if table.num_rows:
+        atomic_write_parquet(table, parts / f"part-{table['index'][0].as_py():09d}.parquet")
+    return table.num_rows
 
 
 @contextlib.contextmanager
@@ -258,18 +266,58 @@ def read_parts(parts: Path) -> pd.DataFrame:
     return df.drop_duplicates("index", keep="last").sort_values("index").reset_index(drop=True)
 
 
+def _ordered_parts(parts: Path) -> list[Path] | None:
+    """The part files in input order when their index ranges neither overlap nor interleave, else None."""
+    files = sorted(parts.glob("*.parquet"))
+    last = -1
+    for f in files:
+        idx = pq.read_table(f, columns=["index"])["index"].to_numpy()
+        if len(idx) and idx.min() <= last:
+            return None
+        last = int(idx.max()) if len(idx) else last
+    return files
+
+
+class _Moments:
+    """Streaming count, mean, M2, min, max of scores (parallel-combine formula)."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2, self.lo, self.hi = 0, 0.0, 0.0, np.inf, -np.inf
+
+    def add(self, x: np.ndarray) -> None:
+        if not len(x):
+            return
+        n, mean = len(x), float(x.mean())
+        delta, total = mean - self.mean, self.n + n
+        self.m2 += float(((x - mean) ** 2).sum()) + delta ** 2 * self.n * n / total
+        self.mean += delta * n / total
+        self.n, self.lo, self.hi = total, min(self.lo, float(x.min())), max(self.hi, float(x.max()))
+
+
 def finalize(out: Path, settings: dict, info: dict) -> dict:
-    """Write ``scores.parquet`` and ``summary.json`` from the committed parts."""
-    df = read_parts(out / "parts")
-    atomic_write_parquet(df, out / "scores.parquet")
-    ok = df[df["error"].isna()]
-    s = ok["score"].astype(float)
+    """Write ``scores.parquet`` (streamed part by part: memory does not grow with the scan) and
+    ``summary.json`` from the committed parts."""
+    files = _ordered_parts(out / "parts")
+    tables = (pq.read_table(f) for f in files) if files is not None else [
+        pa.Table.from_pandas(read_parts(out / "parts"), schema=SCHEMA, preserve_index=False)]
+    moments, n_rows, n_err, n_flag = _Moments(), 0, 0, 0
+    tmp = out / f".scores.parquet.{os.getpid()}.tmp"
+    with pq.ParquetWriter(tmp, SCHEMA) as writer:
+        for table in tables:
+            writer.write_table(table.cast(SCHEMA))
+            err = table["error"].is_valid().to_numpy(zero_copy_only=False)
+            n_rows, n_err = n_rows + table.num_rows, n_err + int(err.sum())
+            n_flag += int(table["flagged"].fill_null(False).to_numpy(zero_copy_only=False).sum())
+            moments.add(table["score"].to_numpy(zero_copy_only=False)[~err].astype(float))
+    os.replace(tmp, out / "scores.parquet")
+    ok = moments.n > 0
     summary = {**info, **{k: settings.get(k) for k in ("family", "layer", "t", "pool", "repeats", "seed", "statistic",
                                                          "detector", "threshold")},
-               "n_flagged": int(df["flagged"].fillna(False).astype(bool).sum()) if settings.get("detector") else None,
-               "n_inputs": int(len(df)), "n_scored": int(len(ok)), "n_errors": int(df["error"].notna().sum()),
-               "score_mean": float(s.mean()) if len(s) else None, "score_std": float(s.std(ddof=0)) if len(s) else None,
-               "score_min": float(s.min()) if len(s) else None, "score_max": float(s.max()) if len(s) else None,
+               "n_flagged": n_flag if settings.get("detector") else None,
+               "n_inputs": n_rows, "n_scored": moments.n, "n_errors": n_err,
+               "score_mean": moments.mean if ok else None,
+               "score_std": float(np.sqrt(moments.m2 / moments.n)) if ok else None,
+               "score_min": moments.lo if ok else None, "score_max": moments.hi if ok else None,
                "images_per_second": info["new_rows"] / info["seconds"] if info.get("seconds") else None}
     write_json(out / "summary.json", summary)
     return summary

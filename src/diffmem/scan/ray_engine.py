@@ -1,8 +1,13 @@
-"""The Ray engine: a Ray Data pipeline (input records → ``map_batches`` over a pool of model actors →
-Parquet parts), on a local Ray started here or an existing cluster (``ray_address``).
+"""The Ray engine: Ray Data over a pool of model actors, on a local Ray started here or a cluster.
 
-Rows are computed by the same :func:`~diffmem.scan.local.score_items` as the local engine (noise
-seeded per image, batches zero-padded), so both engines give identical tables for the same seed.
+Only input *indices* travel to the actors, as Arrow int64 blocks of ``part_size`` rows; each actor
+loads the model once, rebuilds the input source from its small spec (memory-mapped arrays, file
+names) and reads its own images, with one torch thread (``threads``). Results come back to the
+driver as Arrow tables (numeric columns, no per-row objects), and the driver commits each as a
+Parquet part as it arrives, so a killed driver keeps every finished part for ``--resume`` and
+workers need no shared output folder. Ray re-runs the tasks of a lost node (actors restart,
+``max_restarts=-1``). Rows are computed by the same :func:`~diffmem.scan.local.score_items` as the
+local engine (noise seeded per image, batches zero-padded), so both give the same table.
 """
 
 from __future__ import annotations
@@ -11,12 +16,12 @@ import os
 import time
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
 
-from diffmem.errors import DiffmemError
-from diffmem.scan.inputs import item_from_record, iter_inputs
-from diffmem.scan.local import (COLUMNS, atomic_write_parquet, committed_parts, finalize, fingerprint,
-                                scan_settings, score_items)
+from diffmem.errors import DiffmemError, check
+from diffmem.outputs import progress
+from diffmem.scan.inputs import Source
+from diffmem.scan.local import _commit, committed_parts, finalize, fingerprint, scan_settings, score_items
 
 
 def _import_ray():
@@ -29,80 +34,91 @@ def _import_ray():
 
 
 class _ScanWorker:
-    """One model per actor process, ``threads`` torch threads each (1: workers share the cores)."""
+    """One model per actor process, ``threads`` torch threads; scores a block of input indices."""
 
-    def __init__(self, model: str, settings: dict, on_error: str, batch_size: int, allow_pickle: bool,
-                 out_parts: str, threads: int, device: str = "cpu", dtype: str = "float32"):
+    def __init__(self, model: str, settings: dict, spec: dict, on_error: str, batch_size: int, allow_pickle: bool,
+                 threads: int, device: str = "cpu", dtype: str = "float32"):
         import torch
         torch.set_num_threads(threads)
         from diffmem.models import load_adapter
         self.adapter = load_adapter(model, allow_pickle=allow_pickle, device=device, dtype=dtype)
+        self.source = Source.from_spec(spec)
         self.settings, self.on_error, self.batch_size = settings, on_error, batch_size
-        self.parts = Path(out_parts)
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        items = [item_from_record(r, self.adapter.image_size, self.adapter.image_channels,
-                                  self.settings.get("input_range")) for r in batch.to_dict("records")]
-        rows = score_items(self.adapter, items, self.settings, self.on_error, self.batch_size)
-        df = pd.DataFrame(rows, columns=COLUMNS)
-        if len(df):  # commit this block as a part: a killed scan keeps every finished block
-            atomic_write_parquet(df, self.parts / f"part-{int(df['index'].iloc[0]):09d}.parquet")
-        return df[["index"]]
+    def __call__(self, batch: dict):
+        return score_items(self.adapter, self.source.items(batch["index"]), self.settings, self.on_error,
+                           self.batch_size)
 
 
 def scan_ray(model: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike, layer: str | None = None,
              t: float | None = None, pool: str | None = None, batch_size: int = 32, repeats: int = 1, seed: int = 0,
              on_error: str = "skip", resume: bool = False, workers: int = 2, ray_address: str | None = None,
              allow_pickle: bool = False, part_size: int = 256, threads: int = 1, detector: str | None = None,
-             device: str = "cpu", dtype: str = "float32", input_range=None, allow_outside: bool = False,
-             quiet: bool = False) -> dict:
-    """Scan with Ray Data; same outputs as :func:`diffmem.scan.scan`."""
+             device: str = "cpu", dtype: str = "float32", gpus_per_worker: float = 0.0, input_range=None,
+             allow_outside: bool = False, quiet: bool = False) -> dict:
+    """Scan with Ray Data; same outputs as :func:`diffmem.scan.scan`, plus ``startup_seconds``
+    (starting or joining Ray). ``gpus_per_worker`` > 0 reserves GPUs per actor (its model then runs
+    on ``cuda`` unless ``device`` says otherwise)."""
     from diffmem.models import load_adapter
     ray = _import_ray()
-    adapter = load_adapter(model, allow_pickle=allow_pickle, device=device, dtype=dtype)
+    check(gpus_per_worker >= 0, f"--gpus-per-worker {gpus_per_worker}: must be >= 0")
+    check(batch_size >= 1 and part_size >= 1 and workers >= 1, "--batch-size, --part-size and --workers must be >= 1")
+    adapter = load_adapter(model, allow_pickle=allow_pickle, device="cpu", dtype=dtype)   # settings only
     settings = scan_settings(adapter, layer, t, pool, repeats, seed, detector=detector)
-    items = list(iter_inputs(images, adapter.image_size, adapter.image_channels, input_range, allow_outside))
-    settings.update(fingerprint(adapter, items, images, batch_size, threads, input_range))
-    records = [it.record() for it in items]
+    source = Source(images, adapter.image_size, adapter.image_channels, input_range, allow_outside)
+    settings.update(fingerprint(adapter, source, batch_size, threads, input_range))
+    worker_device = ("cuda" if gpus_per_worker else "cpu") if device == "auto" else device
     out = Path(out)
-    parts = out / "parts"
     t0 = time.perf_counter()
     with committed_parts(out, settings, resume) as done:
-        todo = [r for r in records if r["index"] not in done]
-        _run_pipeline(ray, todo, parts, model, settings, on_error, batch_size, allow_pickle, part_size, workers,
-                      ray_address, threads, quiet, device=str(adapter.device), dtype=dtype)
+        todo = np.setdiff1d(np.arange(len(source)), np.fromiter(done, np.int64, len(done)))   # (n_todo,)
+        started, startup = _start(ray, ray_address, workers)
+        try:
+            if len(todo):
+                _run_pipeline(ray, todo, out / "parts", dict(
+                    model=str(model), settings=settings, spec=source.spec(), on_error=on_error,
+                    batch_size=batch_size, allow_pickle=allow_pickle, threads=threads, device=worker_device,
+                    dtype=dtype), part_size, workers, gpus_per_worker, quiet)
+        finally:
+            if started:
+                ray.shutdown()
     return finalize(out, settings, {"model": str(model), "images": str(images), "engine": "ray", "workers": workers,
-                                    "seconds": time.perf_counter() - t0, "new_rows": len(todo)})
+                                    "seconds": time.perf_counter() - t0, "startup_seconds": startup,
+                                    "new_rows": int(len(todo))})
 
 
-def _run_pipeline(ray, todo: list[dict], parts: Path, model, settings: dict, on_error: str, batch_size: int,
-                  allow_pickle: bool, part_size: int, workers: int, ray_address: str | None, threads: int,
-                  quiet: bool, device: str = "cpu", dtype: str = "float32") -> None:
-    """Start (or join) Ray, score ``todo`` through the actor pool, and shut a Ray we started down."""
-    started = not ray.is_initialized()
-    if started:
-        import logging
-        logging.getLogger("ray").setLevel(logging.ERROR)
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-        ray.init(address=ray_address, num_cpus=None if ray_address else workers, include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.ERROR)
+def _start(ray, ray_address: str | None, workers: int) -> tuple[bool, float]:
+    """Start a local Ray (``workers`` CPUs) or join ``ray_address``; (whether we started it, seconds)."""
+    t0 = time.perf_counter()
+    if ray.is_initialized():
+        return False, 0.0
+    import logging
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    ray.init(address=ray_address, num_cpus=None if ray_address else workers, include_dashboard=False,
+             log_to_driver=False, logging_level=logging.ERROR)
+    return True, time.perf_counter() - t0
+
+
+def _run_pipeline(ray, todo: np.ndarray, parts: Path, worker_kwargs: dict, part_size: int, workers: int,
+                  gpus_per_worker: float, quiet: bool) -> None:
+    """Score ``todo`` (input indices) through the actor pool, committing each returned block as a part."""
+    import pyarrow as pa
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    blocks = [pa.table({"index": pa.array(todo[i:i + part_size], pa.int64())}) for i in range(0, len(todo), part_size)]
+    ds = ray.data.from_arrow(blocks).map_batches(
+        _ScanWorker, batch_format="numpy", batch_size=part_size, concurrency=workers,
+        num_cpus=0 if gpus_per_worker else 1, num_gpus=gpus_per_worker or None,
+        fn_constructor_kwargs=worker_kwargs)          # DataContext spreads actors over nodes by default
+    bar = progress(total=len(todo), desc=f"scan (ray, {workers} workers)", unit="img", disable=quiet)
     try:
-        if todo:
-            ctx = ray.data.DataContext.get_current()
-            ctx.enable_progress_bars = not quiet
-            ds = ray.data.from_items(todo, override_num_blocks=max(1, -(-len(todo) // part_size)))
-            ds = ds.map_batches(_ScanWorker, batch_format="pandas", batch_size=part_size, num_cpus=1,
-                                concurrency=workers,
-                                fn_constructor_kwargs={"model": str(model), "settings": settings,
-                                                       "on_error": on_error, "batch_size": batch_size,
-                                                       "allow_pickle": allow_pickle, "out_parts": str(parts),
-                                                       "threads": threads, "device": device, "dtype": dtype})
-            ds.materialize()
+        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            bar.update(_commit(parts, table))
     except Exception as exc:  # Ray wraps a worker's DiffmemError: surface it as one line
         text = str(exc)
         if "DiffmemError: " not in text:
             raise
         raise DiffmemError(text.split("DiffmemError: ")[-1].splitlines()[0]) from None
     finally:
-        if started:
-            ray.shutdown()
+        bar.close()

@@ -1,0 +1,137 @@
+"""The monitor around a training run: probe/reference draws from a training record, the callback
+``diffmem train --monitor`` passes to the training loop, offline checkpoints, and ground truth."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from diffmem.bench.data import record_reference_images, record_training_images
+from diffmem.bench.labels import label_samples
+from diffmem.errors import check
+from diffmem.models.record import ModelRecord
+from diffmem.monitor.monitor import MemorizationMonitor
+from diffmem.probe.adapters import Adapter
+from diffmem.probe.sampling import sample_images
+
+N_PROBE, N_REFERENCE = 256, 512
+MONITOR_EVERY = 500   # default measurement frequency of `diffmem train --monitor`, in steps
+ONSET = 0.02           # ground-truth onset: the first checkpoint whose copy fraction reaches 2 %
+
+
+def probe_and_reference(record: ModelRecord, n_probe: int = N_PROBE, n_reference: int = N_REFERENCE,
+                        seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probe: ``n_probe`` draws from the training rows as the loader serves them (a duplicated image
+    is drawn as often as it is seen), duplicates dropped → (P, C, H, W). Reference: ``n_reference``
+    held-out images (R, C, H, W). Both in [-1, 1]."""
+    train, copies = record_training_images(record)
+    rows = np.repeat(np.arange(len(train)), copies)
+    rng = np.random.default_rng(seed)
+    pick = np.unique(rng.choice(rows, size=min(n_probe, len(rows)), replace=False))
+    ref = record_reference_images(record)[0]
+    return train[pick], ref[rng.permutation(len(ref))[:n_reference]]
+
+
+class TrainingCallback:
+    """``train_unet(callback=TrainingCallback(every))``: builds a :class:`MemorizationMonitor` from
+    the run's record at the first call, measures every ``every`` steps, keeps ``monitor.json`` in the
+    run's output folder up to date and prints one line when the alarm fires."""
+
+    def __init__(self, every: int = MONITOR_EVERY, n_probe: int = N_PROBE, n_reference: int = N_REFERENCE, seed: int = 0,
+                 quiet: bool = False):
+        self.every, self.n_probe, self.n_reference, self.seed, self.quiet = every, n_probe, n_reference, seed, quiet
+        self.monitor: MemorizationMonitor | None = None
+
+    def __call__(self, model, step: int, folder: Path, record: dict) -> None:
+        if step % self.every:
+            return
+        if self.monitor is None:
+            probe, ref = probe_and_reference(ModelRecord.from_dict(record), self.n_probe, self.n_reference, self.seed)
+            self.monitor = MemorizationMonitor(probe, ref, every=self.every, seed=self.seed)
+        before = self.monitor.alarm_step_
+        self.monitor.step(model, step)
+        self.monitor.save(Path(folder) / "monitor.json")
+        if before is None and self.monitor.alarm_step_ is not None and not self.quiet:
+            print(f"diffmem monitor: memorization alarm at step {step}", file=sys.stderr)
+
+
+def checkpoint_folders(paths: Sequence[str | Path]) -> list[Path]:
+    """Model folders from ``paths``: each is a model folder (it has ``model_index.json`` or
+    ``config.json``) or a folder of them (e.g. ``checkpoints/``), sorted by training step."""
+    out = []
+    for p in map(Path, paths):
+        check(p.is_dir(), f"{p}: not a folder")
+        if (p / "model_index.json").exists() or (p / "config.json").exists():
+            out.append(p)
+            continue
+        kids = sorted(c for c in p.iterdir() if c.is_dir() and ((c / "model_index.json").exists()
+                                                                 or (c / "config.json").exists()))
+        check(bool(kids), f"{p}: neither a model folder nor a folder of checkpoints")
+        out.extend(kids)
+    steps = [checkpoint_step(f) for f in out]
+    bad = [f for f, s in zip(out, steps) if s is None]
+    check(len(out) == 1 or not bad, f"{bad[0] if bad else ''}: no global_step in diffmem.json and no step number "
+                                    f"in its name, so checkpoints cannot be ordered")
+    return sorted(out, key=lambda f: (checkpoint_step(f) or 0, str(f)))
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """The ``global_step`` a checkpoint records (``diffmem.json``), else the digits of its name, else None."""
+    rec = ModelRecord.read(folder)
+    if rec is not None and "global_step" in rec.settings:
+        return int(rec.settings["global_step"])
+    digits = "".join(ch for ch in folder.name if ch.isdigit())
+    return int(digits) if digits else None
+
+
+def copy_fraction(adapter: Adapter, n: int, seed: int = 0, guidance: float = 1.0, steps: int = 50) -> dict:
+    """Sample n images (classes in turn, DDIM) and label them against the training record:
+    ``{"copy_fraction", "n", "copies"}`` (d1/d2 < 1/3)."""
+    train, copies = record_training_images(adapter.record)
+    x = sample_images(adapter, n, adapter.conditions(n), guidance, steps, seed=seed, quiet=True)
+    mem = label_samples(x, train, copies)["memorized"]
+    return {"copy_fraction": float(mem.mean()), "n": int(n), "copies": int(mem.sum())}
+
+
+def onset_step(steps: Sequence[int], fractions: Sequence[float], onset: float = ONSET) -> int | None:
+    """The first step whose copy fraction reaches ``onset``, or None."""
+    return next((s for s, f in zip(steps, fractions) if f >= onset), None)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=1))
+
+
+def ground_truth(folders: Sequence[Path], n: int, seed: int = 0, device: str = "cpu",
+                 quiet: bool = False) -> list[dict]:
+    """:func:`copy_fraction` of every checkpoint folder: ``[{"step", "copy_fraction", "n", "copies"}]``."""
+    from diffmem.models.load import load_adapter
+    from diffmem.outputs import progress
+    out = []
+    for f in progress(folders, desc="ground truth", disable=quiet):
+        adapter = load_adapter(f, device=device)
+        check(adapter.record is not None, f"{f}: no diffmem.json training record; --ground-truth needs one")
+        out.append({"step": checkpoint_step(f) or 0, **copy_fraction(adapter, n, seed)})
+    return out
+
+
+def run_summary(monitor: MemorizationMonitor, truth: Sequence[dict] | None = None) -> dict:
+    """One run for ``monitor.json``: the monitor's :meth:`~MemorizationMonitor.summary` plus, with
+    ground truth, ``onset_step``, each checkpoint's ``copy_fraction`` and the ``lead_steps`` of every
+    rule (onset − alarm; positive = the alarm came first)."""
+    out = monitor.summary()
+    if truth is None:
+        return out
+    by_step = {g["step"]: g["copy_fraction"] for g in truth}
+    for c in out["checkpoints"]:
+        c["copy_fraction"] = by_step.get(c["step"])
+    onset = onset_step(sorted(by_step), [by_step[s] for s in sorted(by_step)])
+    lead = lambda a: None if a is None or onset is None else onset - a  # noqa: E731
+    out.update(onset_step=onset, lead_steps=lead(out["alarm_step"]),
+               baselines_lead_steps={k: lead(v) for k, v in out["baselines"].items()})
+    return out

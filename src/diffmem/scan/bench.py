@@ -1,0 +1,83 @@
+"""``diffmem bench scan``: engine throughput on a compute-bound and an overhead-bound model, and
+peak memory against the number of inputs.
+
+Throughput is *marginal*: each engine scans a small and a large input set; images/s is
+(n_large − n_small) / (t_large − t_small), and ``startup_seconds`` is what remains of the small run
+(starting Ray, spawning actors, loading the model) — so start-up is reported apart from speed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ENGINES = {"local_1_thread": {"engine": "local", "threads": 1}, "local_2_threads": {"engine": "local", "threads": 2},
+           "ray_1_worker": {"engine": "ray", "workers": 1, "threads": 1},
+           "ray_2_workers": {"engine": "ray", "workers": 2, "threads": 1}}
+
+
+def write_images(path: Path, n: int, size: int, seed: int = 0) -> Path:
+    """n random uint8 gray images (n, size, size) as a .npy file, written in chunks."""
+    rng = np.random.default_rng(seed)
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, size, size))
+    for i in range(0, n, 8192):
+        arr[i:i + 8192] = rng.integers(0, 256, (min(8192, n - i), size, size), dtype=np.uint8)
+    arr.flush()
+    return path
+
+
+def engine_throughput(scan, model: str | Path, size: int, n_small: int, n_large: int, batch_size: int,
+                      part_size: int, seed: int = 0, quiet: bool = False) -> dict:
+    """Every engine of :data:`ENGINES` on the same inputs (``scan`` is the command-level scan):
+    ``{engine: {images_per_second, startup_seconds, wall_seconds, images}}`` plus ``rows_equal``
+    (every table equal to ``local_1_thread``'s within 1e-5), ``bit_identical`` (engines with one
+    thread per process) and ``max_abs_diff``."""
+    out, tables = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        files = {n: write_images(tmp / f"images_{n}.npy", n, size, seed) for n in (n_small, n_large)}
+        for name, kw in ENGINES.items():
+            wall = {}
+            for n, f in files.items():
+                dest = tmp / f"{name}_{n}"
+                t0 = time.perf_counter()
+                scan(str(model), str(f), str(dest), batch_size=batch_size, part_size=part_size, seed=seed,
+                     quiet=quiet, **kw)
+                wall[n] = time.perf_counter() - t0
+            ips = (n_large - n_small) / max(wall[n_large] - wall[n_small], 1e-9)
+            out[name] = {"images_per_second": ips, "startup_seconds": max(0.0, wall[n_small] - n_small / ips),
+                         "wall_seconds": wall[n_large], "wall_images_per_second": n_large / wall[n_large],
+                         "images": n_large}
+            tables[name] = pd.read_parquet(tmp / f"{name}_{n_large}" / "scores.parquet")
+    base = tables["local_1_thread"]
+    num = [c for c in base.columns if base[c].dtype.kind == "f"]
+    diffs = {k: float(np.nanmax(np.abs(t[num].to_numpy() - base[num].to_numpy()))) for k, t in tables.items()}
+    out["max_abs_diff"] = max(diffs.values())
+    out["rows_equal"] = all(t["index"].equals(base["index"]) and t["sha256"].equals(base["sha256"])
+                            and np.allclose(t[num].to_numpy(), base[num].to_numpy(), rtol=1e-5, atol=1e-6,
+                                            equal_nan=True) for t in tables.values())
+    out["bit_identical"] = all(tables[k].equals(base) for k, kw in ENGINES.items() if kw.get("threads") == 1)
+    return out
+
+
+def peak_rss_mb(model: str | Path, n: int, size: int = 16, batch_size: int = 256, part_size: int = 4096,
+                seed: int = 0) -> float:
+    """Peak resident memory (MB) of a ``diffmem scan`` child process over n images of a .npy memmap."""
+    with tempfile.TemporaryDirectory() as tmp:
+        f = write_images(Path(tmp) / "images.npy", n, size, seed)
+        proc = subprocess.Popen([sys.executable, "-m", "diffmem", "scan", str(model), str(f), "--out",
+                                 f"{tmp}/scan", "--batch-size", str(batch_size), "--part-size", str(part_size),
+                                 "--threads", "1", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise RuntimeError(f"scan of {n} images failed: {proc.stderr.read().decode()[-500:]}")
+        return usage.ru_maxrss / 1024.0
