@@ -126,7 +126,8 @@ def test_train_monitor_then_offline_monitor_agree(tmp_path):
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000020", "step-000040"]
     online = json.loads((run / "monitor.json").read_text())
-    r = _cli("monitor", str(run / "checkpoints"), "--ground-truth", "--n", "8", "--out", str(tmp_path / "m"), "--quiet")
+    r = _cli("monitor", str(run / "checkpoints"), "--ground-truth", "--n", "8", "--device", "cpu",
+             "--out", str(tmp_path / "m"), "--quiet")
     assert r.returncode == 0, r.stderr
     offline = json.loads((tmp_path / "m" / "monitor.json").read_text())["runs"]["run"]
     assert (tmp_path / "m" / "monitor.png").stat().st_size > 0
@@ -158,3 +159,12 @@ def test_monitor_cli_errors_are_one_line(tmp_path):
     r = _cli("monitor", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "neither a model folder" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_trains_identical_weights_with_the_monitor_on():
+    from diffmem.monitor.bench import overhead
+    res = overhead(steps=4, every=2, batch_size=4, distinct=20, dup="2x3", config="test-xs", size=8, pairs=1,
+                   quiet=True)
+    assert res["weights_identical"] and res["measurements"] == 2
+    assert len(res["seconds_off"]) == len(res["seconds_on"]) == 1 and 0 < res["monitor_fraction"] < 1

@@ -204,3 +204,19 @@ def test_scan_and_python_api_give_the_same_score_for_the_same_image(model_dir, t
     api = SpikinessDetector(adapter, seed=5, batch_size=4).score(images)
     assert table["n_scored"] == 6
     np.testing.assert_allclose(df["score"].to_numpy(), api, rtol=1e-6)
+
+
+def test_engine_throughput_reports_marginal_speed_and_equal_rows(model_dir, monkeypatch):
+    from diffmem.commands.probe import scan as run_scan
+    from diffmem.scan import bench
+    monkeypatch.setattr(bench, "ENGINES", {k: v for k, v in bench.ENGINES.items() if v["engine"] == "local"})
+    res = bench.engine_throughput(run_scan, model_dir, 16, 32, 128, batch_size=8, part_size=64, quiet=True)
+    assert res["part_size"] == 8                                 # small runs still give every worker blocks
+    for name in ("local_1_thread", "local_2_threads"):
+        assert res[name]["images_per_second"] > 0 and res[name]["startup_seconds"] >= 0
+    assert res["rows_equal"] and res["bit_identical"] and res["max_abs_diff"] < 1e-5
+
+
+def test_peak_rss_of_a_memmap_scan_is_measured(model_dir):
+    from diffmem.scan.bench import peak_rss_mb
+    assert 50 < peak_rss_mb(model_dir, 64, batch_size=16, part_size=32) < 10_000

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -139,3 +140,39 @@ def test_steer_command_on_a_tiny_hybrid_model(tiny_bench_model, tmp_path):
     with pytest.raises(DiffmemError, match="no image files"):
         run_steer(tmp_path / "bad", model=tiny_bench_model, concept=str(empty), alphas="0,1", quiet=True)
     assert not (tmp_path / "bad").exists()
+
+
+def test_attribute_concepts_and_percentiles():
+    from diffmem.steer.attributes import attribute_concept, attribute_percentile
+    ref = torch.linspace(-1, 1, 101).view(-1, 1, 1, 1).expand(101, 1, 4, 4).contiguous()   # brightness 0…1
+    pos, neg = attribute_concept("brightness", ref, 10)
+    assert pos.mean() > 0.8 and neg.mean() < -0.8
+    p = attribute_percentile("brightness", torch.stack([ref[0], ref[50], ref[100]]), ref)
+    assert p[0] < 0.05 and abs(p[1] - 0.5) < 0.02 and p[2] == 1.0
+
+
+def test_steering_metrics_have_bootstrap_cis_that_cover_the_mean():
+    from diffmem.steer.metrics import steering_metrics
+    g = torch.Generator().manual_seed(0)
+    imgs = [torch.randn(12, 1, 4, 4, generator=g) * 0.1 + a for a in (0, 1, 2, 3)]
+    scores = np.linspace(0, 0.6, 4)[None].repeat(12, 0) + np.random.default_rng(0).normal(0, 0.01, (12, 4))
+    m = steering_metrics(imgs, [0, 1, 2, 3], scores)
+    for k in ("attribute_gain", "monotonicity", "largest_attribute_jump", "pixel_jump_fraction",
+              "output_change_per_unit"):
+        lo, hi = m[f"{k}_ci"]
+        assert lo <= m[k] <= hi, k
+    assert abs(m["attribute_gain"] - 0.6) < 0.05 and m["pixel_jump_fraction"] < 0.5      # steady, not one jump
+
+
+@needs_fmnist
+def test_steer_toward_an_attribute_on_a_tiny_hybrid_model(tiny_bench_model, tmp_path):
+    from diffmem.commands.steer import steer as run_steer
+    r = run_steer(tmp_path / "s", model=tiny_bench_model, alphas="0,1,2", n_per_group=2, pool_size=120, steps=10,
+                  window="5:10", n_concept=20, quiet=True)
+    assert r["attribute"] == "ink" and "percentile" in r["measure"] and r["target_class"] is None
+    for grp in r["groups"].values():
+        if grp["n"]:
+            assert len(grp["attribute_curve"]) == 3 and all(0 <= v <= 1 for v in grp["attribute_curve"])
+            assert len(grp["attribute_gain_ci"]) == 2 and len(grp["pixel_jump_fraction_ci"]) == 2
+    with pytest.raises(DiffmemError, match="--negative"):
+        run_steer(tmp_path / "bad", model=tiny_bench_model, negative="Trouser", alphas="0,1", quiet=True)

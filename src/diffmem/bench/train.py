@@ -49,9 +49,9 @@ def train_unet(out: str | os.PathLike, data: str = "fashion-mnist", size: int = 
     ``out`` gets ``model_index.json``, ``unet/`` (safetensors), ``scheduler/`` and ``diffmem.json``
     (source indices, copies, labels, null class, seed and the training settings); with
     ``checkpoint_every`` K also ``checkpoints/step-000K/`` (the same layout, ``diffmem.json`` holding
-    ``global_step``) every K steps. ``callback(unet, global_step, tmp, record)`` runs after every
-    optimizer step (``tmp``: the staging output folder; ``record``: the training record dict), e.g.
-    :class:`diffmem.monitor.training.TrainingCallback`.
+    ``global_step``) every K steps, written straight into ``out`` as training goes (the final model
+    lands only on success). ``callback(unet, global_step, out, record)`` runs after every optimizer
+    step (``record``: the training record dict), e.g. :class:`diffmem.monitor.training.TrainingCallback`.
     """
     from diffusers import DDPMPipeline, DDPMScheduler
     check(steps >= 1 and batch_size >= 1, "--steps and --batch-size must be >= 1")
@@ -83,6 +83,10 @@ def train_unet(out: str | os.PathLike, data: str = "fashion-mnist", size: int = 
         DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(folder, safe_serialization=True)
         (folder / "diffmem.json").write_text(json.dumps({**record, **extra}))
 
+    def checkpoint(k: int) -> None:            # straight into out (each one atomic): kept if training dies
+        with output_dir(Path(out) / "checkpoints" / f"step-{k:06d}") as folder:
+            save(folder, global_step=k)
+
     unet.train()
     t0, losses = time.time(), []
     with output_dir(out) as tmp:
@@ -106,9 +110,9 @@ def train_unet(out: str | os.PathLike, data: str = "fashion-mnist", size: int = 
             if k % 100 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
             if checkpoint_every and k % checkpoint_every == 0:
-                save(tmp / "checkpoints" / f"step-{k:06d}", global_step=k)
+                checkpoint(k)
             if callback is not None:
-                callback(unet, k, tmp, record)
+                callback(unet, k, Path(out), record)
         bar.close()
         unet.eval()
         record.update(train_seconds=time.time() - t0, final_loss=float(np.mean(losses[-200:])))

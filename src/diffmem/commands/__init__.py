@@ -18,7 +18,7 @@ COMMANDS = {
     ("sample",): ("bench:sample", "diffmem sample models/hybrid --n 64 --guidance 1 --out out/samples"),
     ("bench", "memorization"): ("bench:bench", "diffmem bench --quick --seed 0 --out out/bench"),
     ("bench", "probe"): ("probe:bench_probe", "diffmem bench probe"),
-    ("bench", "monitor"): ("monitor:bench_monitor", "diffmem bench monitor --steps 1000 --every 500"),
+    ("bench", "monitor"): ("monitor:bench_monitor", "diffmem bench monitor --steps 500 --every 500"),
     ("monitor",): ("monitor:monitor", "diffmem monitor models/run/checkpoints --ground-truth --n 500 --out out/monitor"),
     ("bench", "scan"): ("probe:bench_scan", "diffmem bench scan --n-images 512"),
     ("audit",): ("audit:audit", "diffmem audit path/to/model --n 1000 --reference heldout/ --fpr 0.01 --out out/audit"),

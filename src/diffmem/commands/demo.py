@@ -4,7 +4,7 @@ On the shipped hybrid checkpoint and data subset: audit 1,000 samples at 1% FPR 
 Fashion-MNIST images (``audit/``: the report's verdict), sample and label exactly (``samples/``), scan the
 samples with the spikiness detector (``scan/``), evaluate against the exact labels (``eval/``),
 compare spikiness with every baseline on a calibration/report split (``bench/``), steer memorized
-and generalized samples toward "Trouser" (``steer/``), run the theory quick-verify (``theory/``),
+and generalized samples toward brightness (``steer/``), run the theory quick-verify (``theory/``),
 and write ``index.html`` (links) and the self-contained ``report.html``.
 """
 
@@ -39,7 +39,7 @@ def demo(out: Out, seed: Seed = 0, quiet: Quiet = False) -> dict:
                          quiet=quiet)
     steps["eval"] = evaluate(str(out / "scan" / "scores.parquet"), str(out / "eval"), seed=seed, quiet=quiet)
     steps["bench"] = bench(str(out / "bench"), quick=True, seed=seed, quiet=quiet)
-    steps["steer"] = steer(str(out / "steer"), concept="Trouser", seed=seed, quiet=quiet)
+    steps["steer"] = steer(str(out / "steer"), seed=seed, quiet=quiet)
     steps["theory"] = verify(str(out / "theory"), seed=seed, quick=True, quiet=quiet)
     index = write_index(out, "diffmem demo")
     report = build_report(out)

@@ -106,18 +106,20 @@ def bench_scan(n_images: Annotated[int, Opt("images per engine on the compute-bo
                              scan, model, size, n // 8, n, batch_size, part_size, seed, quiet)}
             one = res[case]["local_1_thread"]["images_per_second"]
             res[case]["seconds_per_image_1_thread"] = 1 / one
-    res["rss_1k_mb"] = peak_rss_mb(HYBRID, 1000, seed=seed)
-    res[f"rss_{rss_images // 1000}k_mb"] = peak_rss_mb(HYBRID, rss_images, seed=seed)
+    large = f"{rss_images // 1000}k"
+    for key, n in (("1k", 1000), (large, rss_images)):
+        res[f"rss_{key}_mb"] = peak_rss_mb(HYBRID, n, seed=seed)
     cb = res["compute_bound"]
     ray1, ray2 = cb["ray_1_worker"]["images_per_second"], cb["ray_2_workers"]["images_per_second"]
     res["goals"] = {"ray_1_worker_over_local_1_thread": ray1 / cb["local_1_thread"]["images_per_second"],
                     "ray_2_workers_over_ray_1_worker": ray2 / ray1,
-                    "rss_large_over_1k": res[f"rss_{rss_images // 1000}k_mb"] / res["rss_1k_mb"]}
+                    "rss_large_over_1k": res[f"rss_{large}_mb"] / res["rss_1k_mb"]}
     g = res["goals"]
     print(f"compute-bound ({cb['seconds_per_image_1_thread'] * 1e3:.1f} ms/image/thread): Ray 1 worker / local "
           f"1 thread = {g['ray_1_worker_over_local_1_thread']:.2f} (goal >= 0.8); Ray 2 / 1 workers = "
           f"{g['ray_2_workers_over_ray_1_worker']:.2f} (goal >= 1.7); rows equal: {cb['rows_equal']}")
-    print(f"peak RSS {rss_images:,} / 1,000 images = {g['rss_large_over_1k']:.3f} (goal <= 1.10)")
+    print(f"peak RSS {rss_images:,} / 1,000 images = {res[f'rss_{large}_mb']:.0f} / {res['rss_1k_mb']:.0f} MB = "
+          f"{g['rss_large_over_1k']:.3f} (goal <= 1.10)")
     if out is not None:
         with output_dir(out) as d:
             write_json(d / "scan_bench.json", res)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from diffmem.bench.data import fashion_mnist_reference
-from diffmem.bench.harness import HYBRID, require_record, training_images
+from diffmem.bench.harness import HYBRID, reference_images, require_record, training_images
 from diffmem.bench.labels import label_samples
 from diffmem.commands.options import AllowPickle, Device, DType, Guidance, Opt, Out, Quiet, Seed, Steps, listed
 from diffmem.data.images import FASHION_MNIST_CLASSES, load_images
@@ -20,12 +20,14 @@ from diffmem.models import load_adapter
 from diffmem.outputs import check_out, output_dir, progress, write_json
 from diffmem.plotting import plt, save
 from diffmem.probe.sampling import sample_images
+from diffmem.steer.attributes import ATTRIBUTES, attribute_concept, attribute_percentile
 from diffmem.steer.classifier import CLASSIFIER, class_probability, load_classifier
 from diffmem.steer.concept import ConceptVector
 from diffmem.steer.hooks import parse_window, steering
 from diffmem.steer.metrics import steering_metrics
 
 GROUPS = ("memorized", "generalized")
+GRID_ROWS = 6          # samples per group shown in steer_grid.png
 
 
 def parse_alphas(alphas) -> list[float]:
@@ -73,28 +75,33 @@ def resolve_concept(spec: str, adapter, n: int, flag: str, exclude: int | None =
 def steer(out: Out,
           model: Annotated[str | None, Opt("model folder with a training record (default: the shipped hybrid)",
                                            positional=True, metavar="MODEL_DIR")] = None,
-          concept: Annotated[str, Opt("a Fashion-MNIST class (name or 0-9) or an image folder")] = "Trouser",
-          negative: Annotated[str, Opt("class, folder or 'rest' (every other class): fit mean(positives) − "
-                                       "mean(negatives); 'none' for the paper's plain mean")] = "rest",
+          concept: Annotated[str, Opt("an attribute (brightness, ink), a Fashion-MNIST class (name or 0-9) or an "
+                                      "image folder")] = "ink",
+          negative: Annotated[str, Opt("'auto' (an attribute: its lowest images; a class: every other class), a "
+                                       "class, a folder or 'rest': fit mean(positives) − mean(negatives); 'none' "
+                                       "for the paper's plain mean")] = "auto",
           alphas: Annotated[tuple, Opt("steering strengths, from 0, increasing", list_of=float, min=0)] = (
-              0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2),
+              0, 0.5, 1, 1.5, 2, 3),
           samples: Annotated[tuple, Opt("groups to steer", list_of=str, choices=GROUPS)] = GROUPS,
-          n_per_group: Annotated[int, Opt("samples steered per group", min=1)] = 6,
+          n_per_group: Annotated[int, Opt("samples steered per group", min=1)] = 30,
           pool_size: Annotated[int, Opt("candidate samples labelled to find each group", min=1)] = 300,
           steps: Steps = 40,
-          window: Annotated[str, Opt("steered steps START:END or lastN[-K] (paper: 18:38 of 40)")] = "0:20",
+          window: Annotated[str, Opt("steered steps START:END or lastN[-K] (paper: 18:38 of 40)")] = "20:40",
           guidance: Guidance = 1.0,
           t: Annotated[float, Opt("timestep at which concept activations are read", min=0)] = 10,
           prompt: Annotated[str | None, Opt("text-to-image models: the prompt every sample is drawn with "
                                             "(steered on the conditional half of the guidance batch)")] = None,
-          n_concept: Annotated[int, Opt("concept (and negative) images averaged", min=1)] = 50,
+          n_concept: Annotated[int, Opt("concept (and negative) images averaged", min=1)] = 200,
           device: Device = "auto", dtype: DType = "float32", allow_pickle: AllowPickle = False,
           seed: Seed = 0, quiet: Quiet = False) -> dict:
     """Fit a concept vector, steer memorized and generalized samples, write ``steer.json`` +
     ``steer_grid.png`` + ``concept/``.
 
-    Defaults suit the shipped 16×16 model: mean(concept) − mean(other classes), steps 0–20 of 40
-    (class shape is decided early there; the paper's SD recipe is ``--negative none --window 18:38``).
+    Defaults are the setup measured to steer on the shipped 16×16 model: the ``ink`` attribute
+    (garment area: mean of the 200 held-out images with the most pixels above mid-grey − the 200 with
+    the fewest), the up-block recipe, the last 20 of 40 steps; an attribute is scored as the
+    percentile of its statistic among the other held-out images. Class concepts are scored by the shipped CNN (the paper's SD recipe is ``--negative none
+    --window 18:38``).
     """
     check_out(out)
     groups = list(listed(samples, str, "--samples"))
@@ -103,22 +110,36 @@ def steer(out: Out,
     win = parse_window(window, steps)
     adapter = load_adapter(model or HYBRID, allow_pickle, device, dtype)
     require_record(adapter, "steering picks memorized and generalized samples by exact labels")
-    pos, target = resolve_concept(concept, adapter, n_concept, "--concept")
-    check(len(pos) > 0, f"--concept {concept!r}: no images")
+    attribute = concept.lower() if concept.lower() in ATTRIBUTES else None
     negative = None if negative in (None, "", "none") else negative
-    neg = resolve_concept(negative, adapter, n_concept, "--negative", exclude=target)[0] if negative else None
+    if attribute is not None:
+        refs = _references(adapter)
+        pos, neg = attribute_concept(attribute, refs[0::2], n_concept)          # concept: even references
+        measure_ref, target = refs[1::2], None                                  # scoring: odd references
+        check(negative in (None, "auto"), f"--negative {negative}: an attribute's negatives are its lowest images "
+                                          f"('auto') or none")
+        neg = neg if negative else None
+    else:
+        pos, target = resolve_concept(concept, adapter, n_concept, "--concept")
+        check(len(pos) > 0, f"--concept {concept!r}: no images")
+        negative = ("rest" if target is not None else None) if negative == "auto" else negative
+        neg = resolve_concept(negative, adapter, n_concept, "--negative", exclude=target)[0] if negative else None
     conds = adapter.conditions(pool_size, prompts=None if prompt is None else [prompt])
     if adapter.condition_kind == "class" and target is not None:
         others = [c for c in range(adapter.num_classes) if c != target] or [target]
         conds = [others[j % len(others)] for j in range(pool_size)]
     read_cond = target if adapter.condition_kind == "class" and target is not None else None
-    cv = ConceptVector(adapter, t=t, mode="mean_diff" if negative else "mean", seed=seed).fit(pos, neg, cond=read_cond)
+    cv = ConceptVector(adapter, t=t, mode="mean_diff" if neg is not None else "mean", seed=seed).fit(
+        pos, neg, cond=read_cond)
     # candidates, labelled exactly against the training set
     cand = sample_images(adapter, pool_size, conds, guidance, steps, seed=seed, quiet=quiet)
     lab = label_samples(cand, *training_images(adapter))
     chosen = {g: np.flatnonzero(lab["memorized"] == (g == "memorized"))[:n_per_group] for g in groups}
     classifier, cmeta = load_classifier(CLASSIFIER) if target is not None else (None, None)
-    result = {"concept": concept, "target_class": target, "negative": negative, "alphas": alpha_list,
+    measure = (f"percentile of the {ATTRIBUTES[attribute][1]} among {len(measure_ref):,} held-out images"
+               if attribute else "classifier P(concept class)" if classifier is not None else None)
+    result = {"concept": concept, "attribute": attribute, "measure": measure, "target_class": target,
+              "negative": negative, "alphas": alpha_list,
               "steps": steps, "window": list(win), "guidance": guidance, "t": t, "layers": cv.layers,
               "mode": cv.mode, "prompt": prompt, "seed": seed, "model": str(model) if model else "shipped hybrid",
               "candidates": pool_size, "classifier_test_accuracy": None if cmeta is None else cmeta["test_accuracy"],
@@ -139,12 +160,15 @@ def steer(out: Out,
             continue
         plain = draw(idx)
         imgs = [draw(idx, a) for a in progress(alpha_list, desc=f"steer {g}")]
-        probs = None if classifier is None else np.stack(
-            [class_probability(classifier, im, target, cmeta["size"]) for im in imgs], 1)
-        result["groups"][g] = {**steering_metrics(imgs, alpha_list, probs), "sample_indices": idx.tolist(),
+        if attribute is not None:
+            scores = np.stack([attribute_percentile(attribute, im, measure_ref) for im in imgs], 1)   # (k, A)
+        else:
+            scores = None if classifier is None else np.stack(
+                [class_probability(classifier, im, target, cmeta["size"]) for im in imgs], 1)
+        result["groups"][g] = {**steering_metrics(imgs, alpha_list, scores, seed=seed), "sample_indices": idx.tolist(),
                                "ratio": lab["ratio"][idx].tolist(),
                                "alpha0_equals_unsteered": bool(torch.equal(imgs[0], plain))}
-        rows += [(g, i, [im[j] for im in imgs]) for j, i in enumerate(idx)]
+        rows += [(g, i, [im[j] for im in imgs]) for j, i in enumerate(idx[:GRID_ROWS])]
     all_idx = np.concatenate(list(chosen.values())) if rows else np.arange(min(8, pool_size))
     result["overhead_ratio"] = _overhead(lambda: draw(all_idx), lambda: draw(all_idx, alpha_list[-1]))
     with output_dir(out) as tmp:
@@ -153,6 +177,14 @@ def steer(out: Out,
             _grid(rows, alpha_list, tmp / "steer_grid.png")
         cv.save(tmp / "concept")
     return result
+
+
+def _references(adapter) -> torch.Tensor:
+    """Held-out images (N, C, H, W) for attribute concepts: Fashion-MNIST's 10,000 test images for
+    models trained on it, else the model's held-out reference images."""
+    if adapter.record.data == "fashion-mnist":
+        return fashion_mnist_reference(adapter.image_size, 10_000)[0]
+    return reference_images(adapter)[0]
 
 
 def _overhead(plain, steered, reps: int = 5) -> float:

@@ -13,25 +13,37 @@ from diffmem.bench.train import train_unet
 from diffmem.monitor.training import TrainingCallback
 
 
-def overhead(steps: int = 1000, every: int = 500, batch_size: int = 64, distinct: int = 2000, dup: str = "10x100",
-             config: str = "bench-s", size: int = 16, seed: int = 0, quiet: bool = False) -> dict:
-    """Train the same run twice, monitor off then on (every ``every`` steps), in one process:
-    ``{"seconds_off", "seconds_on", "overhead_ratio" (on/off), "measurements",
-    "seconds_per_measurement", "weights_identical"}``."""
-    out: dict = {"steps": steps, "every": every, "batch_size": batch_size, "config": config, "size": size}
-    weights = {}
+def overhead(steps: int = 500, every: int = 500, batch_size: int = 64, distinct: int = 2000, dup: str = "10x100",
+             config: str = "bench-s", size: int = 16, pairs: int = 2, seed: int = 0, quiet: bool = False) -> dict:
+    """Train the same run with the monitor off and on (every ``every`` steps), ``pairs`` times in
+    the order off, on, on, off, … (drift cancels), in one process:
+    ``{"seconds_off", "seconds_on"`` (lists), ``"overhead_ratio"`` (Σ on / Σ off),
+    ``"monitor_fraction"`` (time inside the monitor / time of the monitored runs, timed in the run),
+    ``"measurements", "seconds_per_measurement", "weights_identical"}``."""
+    out: dict = {"steps": steps, "every": every, "batch_size": batch_size, "config": config, "size": size,
+                 "pairs": pairs, "seconds_off": [], "seconds_on": []}
+    weights, inside, count = [], 0.0, 0
+    order = [kind for p in range(pairs) for kind in (("off", "on") if p % 2 == 0 else ("on", "off"))]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("off", "on"):
-            cb = TrainingCallback(every, seed=seed, quiet=True) if name == "on" else None
-            t0 = time.perf_counter()
-            train_unet(Path(tmp) / name, distinct=distinct, dup=dup, steps=steps, batch_size=batch_size,
-                       config=config, size=size, seed=seed, callback=cb, quiet=quiet)
-            out[f"seconds_{name}"] = time.perf_counter() - t0
-            weights[name] = load_file(Path(tmp) / name / "unet" / "diffusion_pytorch_model.safetensors")
+        for i, kind in enumerate(order):
+            cb = TrainingCallback(every, seed=seed, quiet=True) if kind == "on" else None
+            timed = None
             if cb is not None:
-                out["measurements"] = len(cb.monitor.history_) if cb.monitor else 0
-    out["overhead_ratio"] = out["seconds_on"] / out["seconds_off"]
-    out["seconds_per_measurement"] = (out["seconds_on"] - out["seconds_off"]) / max(1, out["measurements"])
-    out["weights_identical"] = weights["on"].keys() == weights["off"].keys() and all(
-        torch.equal(weights["on"][k], weights["off"][k]) for k in weights["on"])
+                def timed(*args, _cb=cb):
+                    nonlocal inside
+                    t = time.perf_counter()
+                    _cb(*args)
+                    inside += time.perf_counter() - t
+            t0 = time.perf_counter()
+            train_unet(Path(tmp) / str(i), distinct=distinct, dup=dup, steps=steps, batch_size=batch_size,
+                       config=config, size=size, seed=seed, callback=timed, quiet=quiet)
+            out[f"seconds_{kind}"].append(time.perf_counter() - t0)
+            weights.append(load_file(Path(tmp) / str(i) / "unet" / "diffusion_pytorch_model.safetensors"))
+            count += len(cb.monitor.history_) if cb is not None and cb.monitor else 0
+    out["overhead_ratio"] = sum(out["seconds_on"]) / sum(out["seconds_off"])
+    out["monitor_fraction"] = inside / sum(out["seconds_on"])
+    out["measurements"] = count
+    out["seconds_per_measurement"] = inside / max(1, count)
+    out["weights_identical"] = all(w.keys() == weights[0].keys() and all(torch.equal(w[k], weights[0][k]) for k in w)
+                                   for w in weights)
     return out

@@ -8,6 +8,7 @@ from pathlib import Path
 from diffmem.bench.train import train_unet
 from diffmem.monitor.plots import plot_runs
 from diffmem.monitor.training import TrainingCallback, checkpoint_folders, ground_truth, run_summary, write_json
+from diffmem.errors import check
 from diffmem.outputs import output_dir
 
 # name: training duplication ('' = none); everything else is shared (DEMO_SETTINGS)
@@ -26,6 +27,7 @@ def run_demo(out: str | Path, seed: int = 0, distinct: int = 2000, steps: int = 
     and write ``out/monitor.json`` (``runs.NAME``: alarm/onset steps, baselines, checkpoints),
     ``out/monitor.png`` and ``out/runs/NAME/`` (the model and its checkpoints)."""
     runs = DEMO_RUNS if runs is None else runs
+    check(every <= steps, f"--every {every}: more than the {steps} training steps")
     result = {"settings": {"seed": seed, "distinct": distinct, "steps": steps, "every": every,
                            "batch_size": batch_size, "config": config, "size": size,
                            "n_ground_truth": n_ground_truth, "dup": runs}, "runs": {}}

@@ -95,8 +95,11 @@ class MemorizationMonitor:
         self.alpha, self.tail, self.seed, self.batch_size = alpha, tail, seed, batch_size
         self.scheduler = scheduler
         self.keys = [image_key(im) for im in torch.cat([self.probe, self.reference])]
+        check(len(self.probe) >= 8 and len(self.reference) >= 8,
+              f"monitor: {len(self.probe)} distinct probe and {len(self.reference)} distinct reference images; "
+              f"need >= 8 of each")
         self.history_: list[dict] = []
-        self._adapters: dict[int, Adapter] = {}
+        self._wrapped: tuple | None = None      # (model, its adapter): rebuilt when another model comes
 
     def get_params(self) -> dict:
         return {"every": self.every, "layers": self.layers, "t": self.t, "loss_ts": list(self.loss_ts),
@@ -111,7 +114,12 @@ class MemorizationMonitor:
             return None
         roots = model.modules() if isinstance(model, Adapter) else [model]
         with _Restored(roots):
-            adapter = self._adapters.get(id(model)) or self._adapters.setdefault(id(model), wrap_model(model, self.scheduler))
+            if isinstance(model, Adapter):
+                adapter = model
+            else:
+                if self._wrapped is None or self._wrapped[0] is not model:
+                    self._wrapped = (model, wrap_model(model, self.scheduler))
+                adapter = self._wrapped[1]
             row = {"step": int(global_step), **self.measure(adapter)}
         self.history_.append(row)
         return row

@@ -14,8 +14,8 @@ PANELS = (("spikiness excess (ours)", lambda c: c["spikiness"]["excess"], "spiki
 
 
 def plot_runs(runs: dict[str, dict], path: str | Path) -> Path:
-    """One row per run (``run_summary`` dicts), one column per signal plus the copy fraction; a red
-    line at each rule's alarm, a black dashed line at the ground-truth onset."""
+    """One row per run (``run_summary`` dicts), one column per signal plus the copy fraction: a red
+    line at our alarm, orange at each baseline rule's alarm, black dashed at the ground-truth onset."""
     import matplotlib.pyplot as plt
     cols = len(PANELS) + 1
     fig, axes = plt.subplots(len(runs), cols, figsize=(3.4 * cols, 2.6 * len(runs)), squeeze=False)
@@ -26,9 +26,8 @@ def plot_runs(runs: dict[str, dict], path: str | Path) -> Path:
         for ax, (title, get, rule) in zip(row, PANELS):
             ax.plot(steps, [get(c) for c in cps], "o-", ms=3)
             ax.set_title(f"{name}: {title}", fontsize=9)
-            if alarms.get(rule) is not None:
-                ax.axvline(alarms[rule], color="red", lw=1.5, label=f"alarm ({rule})")
-                ax.legend(fontsize=7)
+            if rule != "spikiness.tail" and alarms.get(rule) is not None:
+                ax.axvline(alarms[rule], color="tab:orange", lw=1.5, ls="-.", label=f"{rule} alarm")
         ax = row[-1]
         frac = [c.get("copy_fraction") for c in cps]
         if any(f is not None for f in frac):
@@ -37,9 +36,12 @@ def plot_runs(runs: dict[str, dict], path: str | Path) -> Path:
         ax.set_title(f"{name}: copy fraction (ground truth)", fontsize=9)
         for a in row:
             if run.get("onset_step") is not None:
-                a.axvline(run["onset_step"], color="black", ls="--", lw=1)
+                a.axvline(run["onset_step"], color="black", ls="--", lw=1, label="copies >= 2%")
             if run["alarm_step"] is not None:
-                a.axvline(run["alarm_step"], color="red", lw=1.5)
+                a.axvline(run["alarm_step"], color="red", lw=1.5, label="our alarm")
+            if a.get_legend_handles_labels()[0]:
+                a.legend(fontsize=6)
+            a.ticklabel_format(axis="y", useOffset=False)
             a.set_xlabel("training step", fontsize=8)
             a.tick_params(labelsize=7)
     fig.tight_layout()

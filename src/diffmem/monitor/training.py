@@ -55,7 +55,10 @@ class TrainingCallback:
             self.monitor = MemorizationMonitor(probe, ref, every=self.every, seed=self.seed)
         before = self.monitor.alarm_step_
         self.monitor.step(model, step)
-        self.monitor.save(Path(folder) / "monitor.json")
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        tmp = Path(folder) / ".monitor.json.tmp"
+        self.monitor.save(tmp)
+        tmp.replace(Path(folder) / "monitor.json")
         if before is None and self.monitor.alarm_step_ is not None and not self.quiet:
             print(f"diffmem monitor: memorization alarm at step {step}", file=sys.stderr)
 

@@ -41,8 +41,8 @@ FIGURES = {
     "diffusion_samples.png": ("Theory", "Samples of the ReLU diffusion model above their nearest training images. "
                               "Look for near-copies when the model has few training images."),
     "steer_grid.png": ("Steering", "Rows: memorized (mem) and generalized (gen) samples; columns: steering "
-                       "strength toward the concept. Look for generalized rows that change gradually toward the "
-                       "concept while memorized rows stay frozen, then jump."),
+                       "strength toward the concept. Look for rows that move steadily toward the concept; the "
+                       "paper predicts generalized rows edit smoothly while memorized rows resist, then jump."),
     "monitor.png": ("Training monitor", "Memorization signals over training steps, with the alarm and the ground "
                     "truth marked. Look for the alarm firing before copies appear."),
 }
@@ -172,17 +172,18 @@ def _tables(root: Path) -> list[dict]:
                                "row. An alarm at or before the onset is early; any alarm on a control run is false."})
     for path in sorted(root.rglob("steer.json")):
         s = read_json(path)
-        rows = []
-        for g, d in s["groups"].items():
-            if d.get("n"):
-                rows.append([g, str(d["n"]), f"{d.get('attribute_gain', float('nan')):.3f}",
-                             f"{d.get('monotonicity', float('nan')):.2f}", f"{d['pixel_jump_fraction']:.2f}",
-                             f"{d['output_change_per_unit']:.2f}"])
+        ci = lambda d, k, f: f"{d[k]:{f}}" + (f" [{d[k + '_ci'][0]:{f}}, {d[k + '_ci'][1]:{f}}]"  # noqa: E731
+                                               if k + "_ci" in d else "") if d.get(k) is not None else "—"
+        rows = [[g, str(d["n"]), ci(d, "attribute_gain", ".3f"), ci(d, "monotonicity", ".2f"),
+                 ci(d, "pixel_jump_fraction", ".2f"), ci(d, "output_change_per_unit", ".2f")]
+                for g, d in s["groups"].items() if d.get("n")]
+        measure = s.get("measure") or "classifier P(concept)"
         tables.append({"section": "Steering", "title": f"Steering toward {s['concept']}",
-                       "head": ["group", "samples", "attribute gain", "monotonicity", "pixel jump fraction",
+                       "head": ["group", "samples", "attribute gain [95% CI]", "monotonicity", "pixel jump fraction",
                                 "change per unit strength"], "rows": rows,
-                       "note": "Pixel jump fraction: share of a sample's path taken in its largest step (1 = one "
-                               "jump). Attribute gain: rise of the classifier's P(concept) at the largest strength."})
+                       "note": f"Attribute: {measure}; gain = its rise from strength 0 to the largest strength. "
+                               "Pixel jump fraction: share of a sample's path taken in its largest step (1 = one "
+                               "jump). Brackets: 95% bootstrap CIs over samples."})
     return tables
 
 

@@ -39,7 +39,8 @@ def engine_throughput(scan, model: str | Path, size: int, n_small: int, n_large:
     ``{engine: {images_per_second, startup_seconds, wall_seconds, images}}`` plus ``rows_equal``
     (every table equal to ``local_1_thread``'s within 1e-5), ``bit_identical`` (engines with one
     thread per process) and ``max_abs_diff``."""
-    out, tables = {}, {}
+    out, tables = {"part_size": min(part_size, max(1, n_small // 4))}, {}
+    part_size = out["part_size"]          # the small run must give every Ray worker blocks to chew on
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         files = {n: write_images(tmp / f"images_{n}.npy", n, size, seed) for n in (n_small, n_large)}
@@ -67,17 +68,24 @@ def engine_throughput(scan, model: str | Path, size: int, n_small: int, n_large:
     return out
 
 
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec, so a child would report its parent's peak
+_RSS_CHILD = """
+import sys
+from diffmem.commands.probe import scan
+scan(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=int(sys.argv[4]), part_size=int(sys.argv[5]), threads=1,
+     quiet=True)
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024)
+"""
+
+
 def peak_rss_mb(model: str | Path, n: int, size: int = 16, batch_size: int = 256, part_size: int = 4096,
                 seed: int = 0) -> float:
-    """Peak resident memory (MB) of a ``diffmem scan`` child process over n images of a .npy memmap."""
+    """Peak resident memory (MB) of a child process that scans n images of a .npy memmap (the
+    library's scan, imports and model load included; mapped pages of the array count too)."""
     with tempfile.TemporaryDirectory() as tmp:
         f = write_images(Path(tmp) / "images.npy", n, size, seed)
-        proc = subprocess.Popen([sys.executable, "-m", "diffmem", "scan", str(model), str(f), "--out",
-                                 f"{tmp}/scan", "--batch-size", str(batch_size), "--part-size", str(part_size),
-                                 "--threads", "1", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            raise RuntimeError(f"scan of {n} images failed: {proc.stderr.read().decode()[-500:]}")
-        return usage.ru_maxrss / 1024.0
+        r = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(model), str(f), f"{tmp}/scan", str(batch_size),
+                            str(part_size)], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if r.returncode != 0:
+            raise RuntimeError(f"scan of {n} images failed: {r.stderr[-500:]}")
+        return float(r.stdout.strip().splitlines()[-1])

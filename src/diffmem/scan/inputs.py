@@ -96,9 +96,10 @@ class Source:
     (.npy) and a folder keeps only its sorted file names: memory does not grow with the inputs."""
 
     def __init__(self, source: str | os.PathLike, size: int, channels: int, input_range=None,
-                 allow_outside: bool = False, _checked: bool = False):
-        src = Path(source)
-        self.src, self.size, self.channels = src, size, channels
+                 allow_outside: bool = False, open_at: str | None = None, _checked: bool = False):
+        self.src = Path(source)                              # as given: names the inputs in every table
+        src = self.real = Path(open_at) if open_at else self.src   # where the files are read
+        self.size, self.channels = size, channels
         self.input_range, self.allow_outside = input_range, allow_outside
         self.labels = self.records = self.names = self.arr = None
         if not src.exists():
@@ -126,8 +127,9 @@ class Source:
             raise DiffmemError(f"{src}: IMAGES must be a folder, a .npy/.npz array or a .jsonl manifest")
 
     def spec(self) -> dict:
-        return {"source": str(self.src), "size": self.size, "channels": self.channels,
-                "input_range": self.input_range, "allow_outside": self.allow_outside}
+        """What :meth:`from_spec` needs, with an absolute path (workers may run elsewhere)."""
+        return {"source": str(self.src), "open_at": str(self.real.resolve()), "size": self.size,
+                "channels": self.channels, "input_range": self.input_range, "allow_outside": self.allow_outside}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Source":
@@ -139,17 +141,17 @@ class Source:
 
     def item(self, i: int) -> Item:
         if self.kind == "folder":
-            p = self.src / self.names[i]
-            return Item(i, str(p), _file_loader(p, self.size, self.channels))
+            return Item(i, str(self.src / self.names[i]), _file_loader(self.real / self.names[i], self.size,
+                                                                       self.channels))
         if self.kind == "array":
             name = f"{self.src}[{i}]"
             return Item(i, name, _array_loader(self.arr[i], name, self.size, self.channels, self.input_range),
                         label=None if self.labels is None else self.labels[i].item())
         rec = self.records[i]
         p = Path(rec["path"])
-        p = p if p.is_absolute() else self.src.parent / p
         prompt = rec.get("prompt")
-        return Item(i, str(p), _file_loader(p, self.size, self.channels), label=rec.get("label"),
+        return Item(i, self._key(i), _file_loader(p if p.is_absolute() else self.real.parent / p, self.size,
+                                                  self.channels), label=rec.get("label"),
                     prompt=None if prompt is None else str(prompt))
 
     def items(self, indices=None) -> Iterator[Item]:
@@ -160,8 +162,8 @@ class Source:
         h = hashlib.sha256()
         for i in range(len(self)):
             h.update(((b"\n" if i else b"") + self._key(i).encode()))
-        if self.kind == "array" and self.src.is_file():
-            with open(self.src, "rb") as fh:
+        if self.kind == "array" and self.real.is_file():
+            with open(self.real, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     h.update(chunk)
         return h.hexdigest()

@@ -304,7 +304,8 @@ def finalize(out: Path, settings: dict, info: dict) -> dict:
     tmp = out / f".scores.parquet.{os.getpid()}.tmp"
     with pq.ParquetWriter(tmp, SCHEMA) as writer:
         for table in tables:
-            writer.write_table(table.cast(SCHEMA))
+            table = table.cast(SCHEMA)          # parts of older versions may hold all-null columns
+            writer.write_table(table)
             err = table["error"].is_valid().to_numpy(zero_copy_only=False)
             n_rows, n_err = n_rows + table.num_rows, n_err + int(err.sum())
             n_flag += int(table["flagged"].fill_null(False).to_numpy(zero_copy_only=False).sum())

@@ -76,7 +76,7 @@ def scan_ray(model: str | os.PathLike, images: str | os.PathLike, out: str | os.
         try:
             if len(todo):
                 _run_pipeline(ray, todo, out / "parts", dict(
-                    model=str(model), settings=settings, spec=source.spec(), on_error=on_error,
+                    model=str(Path(model).resolve()), settings=settings, spec=source.spec(), on_error=on_error,
                     batch_size=batch_size, allow_pickle=allow_pickle, threads=threads, device=worker_device,
                     dtype=dtype), part_size, workers, gpus_per_worker, quiet)
         finally:

@@ -1,4 +1,5 @@
-"""How steered samples move along a strength sweep: pixel path, attribute curve, jumps."""
+"""How steered samples move along a strength sweep: pixel path, attribute curve, jumps, with
+percentile-bootstrap CIs over samples (``NAME_ci`` = [low, high], 95 %)."""
 
 from __future__ import annotations
 
@@ -6,26 +7,43 @@ import numpy as np
 import torch
 
 
-def steering_metrics(images: list[torch.Tensor], alphas: list[float], probs: np.ndarray | None) -> dict:
-    """images[a] (k, C, H, W) per strength a (alphas[0] = 0); probs (k, A) target probabilities or None.
-
-    ``output_change_per_unit``: mean pixel-L2 change from a = 0 divided by a; ``largest_pixel_step``;
-    ``pixel_jump_fraction``: share of a sample's pixel path (Σ of steps) taken in its largest step
-    (1 = one jump); with ``probs``: ``attribute_curve`` (mean P per strength), ``attribute_gain``
-    (P at the largest strength − P at 0), ``monotonicity`` (share of steps where P does not fall),
-    ``largest_attribute_jump``."""
+def _per_sample(images: list[torch.Tensor], alphas: list[float], scores: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Each metric per sample (k,)."""
     base = images[0]
-    change = [float((images[i] - base).flatten(1).norm(dim=1).mean() / a) for i, a in enumerate(alphas) if a > 0]
-    out = {"n": len(base), "output_change_per_unit": float(np.mean(change)),
-           "output_change_per_unit_by_alpha": change}
+    change = np.stack([(images[i] - base).flatten(1).norm(dim=1).numpy() / a
+                       for i, a in enumerate(alphas) if a > 0], 1)                # (k, A − 1)
     steps = np.stack([(images[i + 1] - images[i]).flatten(1).norm(dim=1).numpy()
                       for i in range(len(alphas) - 1)], 1)                      # (k, A − 1)
-    out["largest_pixel_step"] = float(steps.max(1).mean())
-    out["pixel_jump_fraction"] = float((steps.max(1) / np.maximum(steps.sum(1), 1e-12)).mean())
-    if probs is not None:
-        d = np.diff(probs, axis=1)
-        out.update({"attribute_curve": probs.mean(0).tolist(),
-                    "attribute_gain": float((probs[:, -1] - probs[:, 0]).mean()),
-                    "monotonicity": float((d >= 0).mean()),
-                    "largest_attribute_jump": float(np.abs(d).max(1).mean())})
+    out = {"output_change_per_unit": change.mean(1), "largest_pixel_step": steps.max(1),
+           "pixel_jump_fraction": steps.max(1) / np.maximum(steps.sum(1), 1e-12)}
+    if scores is not None:
+        d = np.diff(scores, axis=1)                                              # (k, A − 1)
+        out.update({"attribute_gain": scores[:, -1] - scores[:, 0], "monotonicity": (d >= 0).mean(1),
+                    "largest_attribute_jump": np.abs(d).max(1)})
+    return out
+
+
+def steering_metrics(images: list[torch.Tensor], alphas: list[float], scores: np.ndarray | None,
+                     n_boot: int = 1000, seed: int = 0) -> dict:
+    """images[a] (k, C, H, W) per strength a (alphas[0] = 0); scores (k, A) of the attribute (classifier
+    P(target) or attribute percentile) or None.
+
+    Means over samples, each with ``_ci``: ``output_change_per_unit`` (pixel-L2 change from a = 0
+    divided by a), ``largest_pixel_step``, ``pixel_jump_fraction`` (share of a sample's pixel path taken
+    in its largest step; 1 = one jump); with ``scores`` also ``attribute_gain`` (score at the largest
+    strength − at 0), ``monotonicity`` (share of steps where the score does not fall),
+    ``largest_attribute_jump``, and ``attribute_curve`` (mean score per strength)."""
+    per = _per_sample(images, alphas, scores)
+    rng = np.random.default_rng(seed)
+    k = len(images[0])
+    boot = rng.integers(0, k, (n_boot, k))
+    out: dict = {"n": k}
+    for name, v in per.items():
+        means = v[boot].mean(1)
+        out[name] = float(v.mean())
+        out[f"{name}_ci"] = [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+    if scores is not None:
+        out["attribute_curve"] = scores.mean(0).tolist()
+    out["output_change_per_unit_by_alpha"] = [float((images[i] - images[0]).flatten(1).norm(dim=1).mean() / a)
+                                              for i, a in enumerate(alphas) if a > 0]
     return out
