@@ -214,7 +214,7 @@ def test_engine_throughput_reports_marginal_speed_and_equal_rows(model_dir, monk
     assert res["part_size"] == 8                                 # small runs still give every worker blocks
     for name in ("local_1_thread", "local_2_threads"):
         assert res[name]["images_per_second"] > 0 and res[name]["startup_seconds"] >= 0
-    assert res["rows_equal"] and res["bit_identical"] and res["max_abs_diff"] < 1e-5
+    assert res["rows_equal"] and res["bit_identical"] and res["max_abs_diff"] < 1e-4
 
 
 def test_peak_rss_of_a_memmap_scan_is_measured(model_dir):

@@ -37,8 +37,8 @@ def engine_throughput(scan, model: str | Path, size: int, n_small: int, n_large:
                       part_size: int, seed: int = 0, quiet: bool = False) -> dict:
     """Every engine of :data:`ENGINES` on the same inputs (``scan`` is the command-level scan):
     ``{engine: {images_per_second, startup_seconds, wall_seconds, images}}`` plus ``rows_equal``
-    (every table equal to ``local_1_thread``'s within 1e-5), ``bit_identical`` (engines with one
-    thread per process) and ``max_abs_diff``."""
+    (every table equal to ``local_1_thread``'s within float32 noise: rtol 1e-4, atol 1e-5),
+    ``bit_identical`` (engines with one thread per process) and ``max_abs_diff``."""
     out, tables = {"part_size": min(part_size, max(1, n_small // 4))}, {}
     part_size = out["part_size"]          # the small run must give every Ray worker blocks to chew on
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,7 +62,7 @@ def engine_throughput(scan, model: str | Path, size: int, n_small: int, n_large:
     diffs = {k: float(np.nanmax(np.abs(t[num].to_numpy() - base[num].to_numpy()))) for k, t in tables.items()}
     out["max_abs_diff"] = max(diffs.values())
     out["rows_equal"] = all(t["index"].equals(base["index"]) and t["sha256"].equals(base["sha256"])
-                            and np.allclose(t[num].to_numpy(), base[num].to_numpy(), rtol=1e-5, atol=1e-6,
+                            and np.allclose(t[num].to_numpy(), base[num].to_numpy(), rtol=1e-4, atol=1e-5,
                                             equal_nan=True) for t in tables.values())
     out["bit_identical"] = all(tables[k].equals(base) for k, kw in ENGINES.items() if kw.get("threads") == 1)
     return out
