@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import torch
@@ -15,10 +14,9 @@ from diffmem.monitor.bench import overhead
 from diffmem.monitor.demo import DEMO_SETTINGS, TEST_SETTINGS, run_demo
 from diffmem.monitor.monitor import MemorizationMonitor
 from diffmem.monitor.plots import plot_runs
-from diffmem.monitor.training import (N_PROBE, N_REFERENCE, checkpoint_folders, checkpoint_step,
-                                      probe_and_reference, run_summary, write_json)
+from diffmem.monitor.training import N_PROBE, N_REFERENCE, checkpoint_folders, probe_and_reference, run_summary
 from diffmem.monitor.training import ground_truth as copy_fractions
-from diffmem.outputs import check_out, output_dir, progress
+from diffmem.outputs import check_out, output_dir, progress, write_json
 
 
 def monitor(out: Out,
@@ -46,8 +44,8 @@ def monitor(out: Out,
         check(not checkpoints, "--demo trains its own runs: give no CKPT_DIR")
         return run_demo(out, seed=seed, quiet=quiet, **(TEST_SETTINGS if quick else DEMO_SETTINGS))
     check(bool(checkpoints), "CKPT_DIR: give at least one checkpoint folder (or --demo)")
-    folders = checkpoint_folders(checkpoints)
-    steps = [checkpoint_step(f) or 0 for f in folders]
+    pairs = checkpoint_folders(checkpoints)
+    folders, steps = [f for f, _ in pairs], [s for _, s in pairs]
     check(len(set(steps)) == len(steps), f"CKPT_DIR: two checkpoints share a training step ({steps})")
     first = load_adapter(folders[0], allow_pickle, device, dtype)
     size, channels = first.image_size, first.image_channels
@@ -58,9 +56,9 @@ def monitor(out: Out,
     images = [drawn[i] if src is None else torch.from_numpy(load_images(src, size=size, channels=channels))
               for i, src in enumerate((probe, reference))]
     mon = MemorizationMonitor(images[0][:n_probe], images[1][:n_reference], every=1, seed=seed)
-    for folder, step in progress(list(zip(folders, steps)), desc="monitor", disable=quiet):
+    for folder, step in progress(pairs, desc="monitor", disable=quiet):
         mon.step(first if folder == folders[0] else load_adapter(folder, allow_pickle, device, dtype), step)
-    truth = copy_fractions(folders, n, seed, device, quiet) if ground_truth else None
+    truth = copy_fractions(pairs, n, seed, device, quiet) if ground_truth else None
     summary = {**run_summary(mon, truth), "checkpoint_folders": [str(f) for f in folders]}
     with output_dir(out) as tmp:
         write_json(tmp / "monitor.json", {"runs": {"run": summary}})
@@ -84,5 +82,5 @@ def bench_monitor(steps: Annotated[int, Opt("training steps per run", min=2)] = 
           f"weights identical: {res['weights_identical']}")
     if out is not None:
         with output_dir(out) as tmp:
-            (tmp / "monitor_bench.json").write_text(json.dumps(res, indent=1))
+            write_json(tmp / "monitor_bench.json", res)
     return res

@@ -13,6 +13,18 @@ from diffmem.bench.train import train_unet
 from diffmem.monitor.training import TrainingCallback
 
 
+class _Timed:
+    """A training callback that adds its own wall time to ``seconds``."""
+
+    def __init__(self, callback: TrainingCallback):
+        self.callback, self.seconds = callback, 0.0
+
+    def __call__(self, *args) -> None:
+        t = time.perf_counter()
+        self.callback(*args)
+        self.seconds += time.perf_counter() - t
+
+
 def overhead(steps: int = 500, every: int = 500, batch_size: int = 64, distinct: int = 2000, dup: str = "10x100",
              config: str = "bench-s", size: int = 16, pairs: int = 2, seed: int = 0, quiet: bool = False) -> dict:
     """Train the same run with the monitor off and on (every ``every`` steps), ``pairs`` times in
@@ -26,20 +38,15 @@ def overhead(steps: int = 500, every: int = 500, batch_size: int = 64, distinct:
     order = [kind for p in range(pairs) for kind in (("off", "on") if p % 2 == 0 else ("on", "off"))]
     with tempfile.TemporaryDirectory() as tmp:
         for i, kind in enumerate(order):
-            cb = TrainingCallback(every, seed=seed, quiet=True) if kind == "on" else None
-            timed = None
-            if cb is not None:
-                def timed(*args, _cb=cb):
-                    nonlocal inside
-                    t = time.perf_counter()
-                    _cb(*args)
-                    inside += time.perf_counter() - t
+            cb = _Timed(TrainingCallback(every, seed=seed, quiet=True)) if kind == "on" else None
             t0 = time.perf_counter()
             train_unet(Path(tmp) / str(i), distinct=distinct, dup=dup, steps=steps, batch_size=batch_size,
-                       config=config, size=size, seed=seed, callback=timed, quiet=quiet)
+                       config=config, size=size, seed=seed, callback=cb, quiet=quiet)
             out[f"seconds_{kind}"].append(time.perf_counter() - t0)
             weights.append(load_file(Path(tmp) / str(i) / "unet" / "diffusion_pytorch_model.safetensors"))
-            count += len(cb.monitor.history_) if cb is not None and cb.monitor else 0
+            if cb is not None:
+                inside += cb.seconds
+                count += len(cb.callback.monitor.history_) if cb.callback.monitor else 0
     out["overhead_ratio"] = sum(out["seconds_on"]) / sum(out["seconds_off"])
     out["monitor_fraction"] = inside / sum(out["seconds_on"])
     out["measurements"] = count

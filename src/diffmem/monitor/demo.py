@@ -7,9 +7,9 @@ from pathlib import Path
 
 from diffmem.bench.train import train_unet
 from diffmem.monitor.plots import plot_runs
-from diffmem.monitor.training import TrainingCallback, checkpoint_folders, ground_truth, run_summary, write_json
 from diffmem.errors import check
-from diffmem.outputs import output_dir
+from diffmem.monitor.training import TrainingCallback, checkpoint_folders, ground_truth, run_summary
+from diffmem.outputs import output_dir, write_json
 
 # name: training duplication ('' = none); everything else is shared (DEMO_SETTINGS)
 DEMO_RUNS = {"duplicated": "10x100", "control": ""}

@@ -18,7 +18,6 @@ training run is bit-identical with the monitor on or off.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +28,7 @@ from diffmem.data.images import image_key
 from diffmem.errors import check
 from diffmem.models.load import wrap_model
 from diffmem.monitor import rules
+from diffmem.outputs import write_json
 from diffmem.probe.adapters import Adapter, gaussian_like
 from diffmem.probe.capture import Capture
 from diffmem.probe.pooling import pool as pool_fn
@@ -46,10 +46,11 @@ def stable_rank(w: torch.Tensor) -> float:
     return float(m.pow(2).sum() / torch.linalg.matrix_norm(m, ord=2).pow(2))
 
 
-def _unique(images: torch.Tensor) -> torch.Tensor:
+def _unique(images: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+    """The distinct images (first occurrence of each key) and their keys."""
     keys = [image_key(im) for im in images]
     first = sorted({k: i for i, k in reversed(list(enumerate(keys)))}.values())
-    return images[first]
+    return images[first], [keys[i] for i in first]
 
 
 class _Restored:
@@ -89,12 +90,12 @@ class MemorizationMonitor:
         check(probe_images.shape[1:] == reference_images.shape[1:],
               f"monitor: probe images {tuple(probe_images.shape[1:])} and references "
               f"{tuple(reference_images.shape[1:])} differ in shape")
-        self.probe = _unique(probe_images.float())                          # (P', C, H, W)
-        self.reference = _unique(reference_images.float())                  # (R', C, H, W)
+        self.probe, probe_keys = _unique(probe_images.float())             # (P', C, H, W)
+        self.reference, ref_keys = _unique(reference_images.float())       # (R', C, H, W)
         self.every, self.layers, self.t, self.loss_ts = every, list(layers or []), t, tuple(loss_ts)
         self.alpha, self.tail, self.seed, self.batch_size = alpha, tail, seed, batch_size
         self.scheduler = scheduler
-        self.keys = [image_key(im) for im in torch.cat([self.probe, self.reference])]
+        self.keys = probe_keys + ref_keys
         check(len(self.probe) >= 8 and len(self.reference) >= 8,
               f"monitor: {len(self.probe)} distinct probe and {len(self.reference)} distinct reference images; "
               f"need >= 8 of each")
@@ -192,6 +193,4 @@ class MemorizationMonitor:
                 "checkpoints": [{**r, "alarm": r["step"] in fired} for r in self.history_]}
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.summary(), indent=1))
-        return path
+        return write_json(path, self.summary())

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -63,24 +62,28 @@ class TrainingCallback:
             print(f"diffmem monitor: memorization alarm at step {step}", file=sys.stderr)
 
 
-def checkpoint_folders(paths: Sequence[str | Path]) -> list[Path]:
-    """Model folders from ``paths``: each is a model folder (it has ``model_index.json`` or
-    ``config.json``) or a folder of them (e.g. ``checkpoints/``), sorted by training step."""
+def _is_model(folder: Path) -> bool:
+    return (folder / "model_index.json").exists() or (folder / "config.json").exists()
+
+
+def checkpoint_folders(paths: Sequence[str | Path]) -> list[tuple[Path, int]]:
+    """(model folder, training step) pairs from ``paths``, sorted by step: each path is a model
+    folder (it has ``model_index.json`` or ``config.json``) or a folder of them (e.g.
+    ``checkpoints/``). A lone folder with no step is step 0."""
     out = []
     for p in map(Path, paths):
         check(p.is_dir(), f"{p}: not a folder")
-        if (p / "model_index.json").exists() or (p / "config.json").exists():
+        if _is_model(p):
             out.append(p)
             continue
-        kids = sorted(c for c in p.iterdir() if c.is_dir() and ((c / "model_index.json").exists()
-                                                                 or (c / "config.json").exists()))
+        kids = sorted(c for c in p.iterdir() if c.is_dir() and _is_model(c))
         check(bool(kids), f"{p}: neither a model folder nor a folder of checkpoints")
         out.extend(kids)
     steps = [checkpoint_step(f) for f in out]
     bad = [f for f, s in zip(out, steps) if s is None]
     check(len(out) == 1 or not bad, f"{bad[0] if bad else ''}: no global_step in diffmem.json and no step number "
                                     f"in its name, so checkpoints cannot be ordered")
-    return sorted(out, key=lambda f: (checkpoint_step(f) or 0, str(f)))
+    return sorted(((f, s or 0) for f, s in zip(out, steps)), key=lambda fs: (fs[1], str(fs[0])))
 
 
 def checkpoint_step(folder: Path) -> int | None:
@@ -106,20 +109,17 @@ def onset_step(steps: Sequence[int], fractions: Sequence[float], onset: float = 
     return next((s for s, f in zip(steps, fractions) if f >= onset), None)
 
 
-def write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=1))
-
-
-def ground_truth(folders: Sequence[Path], n: int, seed: int = 0, device: str = "cpu",
+def ground_truth(checkpoints: Sequence[tuple[Path, int]], n: int, seed: int = 0, device: str = "cpu",
                  quiet: bool = False) -> list[dict]:
-    """:func:`copy_fraction` of every checkpoint folder: ``[{"step", "copy_fraction", "n", "copies"}]``."""
+    """:func:`copy_fraction` of every (folder, step) of :func:`checkpoint_folders`:
+    ``[{"step", "copy_fraction", "n", "copies"}]``."""
     from diffmem.models.load import load_adapter
     from diffmem.outputs import progress
     out = []
-    for f in progress(folders, desc="ground truth", disable=quiet):
+    for f, step in progress(checkpoints, desc="ground truth", disable=quiet):
         adapter = load_adapter(f, device=device)
         check(adapter.record is not None, f"{f}: no diffmem.json training record; --ground-truth needs one")
-        out.append({"step": checkpoint_step(f) or 0, **copy_fraction(adapter, n, seed)})
+        out.append({"step": step, **copy_fraction(adapter, n, seed)})
     return out
 
 

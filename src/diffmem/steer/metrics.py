@@ -7,8 +7,9 @@ import numpy as np
 import torch
 
 
-def _per_sample(images: list[torch.Tensor], alphas: list[float], scores: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Each metric per sample (k,)."""
+def _per_sample(images: list[torch.Tensor], alphas: list[float], scores: np.ndarray | None
+                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each metric per sample (k,), and the pixel change per unit strength (k, A − 1) it averages."""
     base = images[0]
     change = np.stack([(images[i] - base).flatten(1).norm(dim=1).numpy() / a
                        for i, a in enumerate(alphas) if a > 0], 1)                # (k, A − 1)
@@ -20,7 +21,7 @@ def _per_sample(images: list[torch.Tensor], alphas: list[float], scores: np.ndar
         d = np.diff(scores, axis=1)                                              # (k, A − 1)
         out.update({"attribute_gain": scores[:, -1] - scores[:, 0], "monotonicity": (d >= 0).mean(1),
                     "largest_attribute_jump": np.abs(d).max(1)})
-    return out
+    return out, change
 
 
 def steering_metrics(images: list[torch.Tensor], alphas: list[float], scores: np.ndarray | None,
@@ -33,7 +34,7 @@ def steering_metrics(images: list[torch.Tensor], alphas: list[float], scores: np
     in its largest step; 1 = one jump); with ``scores`` also ``attribute_gain`` (score at the largest
     strength − at 0), ``monotonicity`` (share of steps where the score does not fall),
     ``largest_attribute_jump``, and ``attribute_curve`` (mean score per strength)."""
-    per = _per_sample(images, alphas, scores)
+    per, change = _per_sample(images, alphas, scores)                           # change (k, A − 1)
     rng = np.random.default_rng(seed)
     k = len(images[0])
     boot = rng.integers(0, k, (n_boot, k))
@@ -44,6 +45,5 @@ def steering_metrics(images: list[torch.Tensor], alphas: list[float], scores: np
         out[f"{name}_ci"] = [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
     if scores is not None:
         out["attribute_curve"] = scores.mean(0).tolist()
-    out["output_change_per_unit_by_alpha"] = [float((images[i] - images[0]).flatten(1).norm(dim=1).mean() / a)
-                                              for i, a in enumerate(alphas) if a > 0]
+    out["output_change_per_unit_by_alpha"] = change.mean(0).tolist()
     return out
