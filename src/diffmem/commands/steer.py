@@ -100,8 +100,8 @@ def steer(out: Out,
     Defaults are the setup measured to steer on the shipped 16×16 model: the ``ink`` attribute
     (garment area: mean of the 200 held-out images with the most pixels above mid-grey − the 200 with
     the fewest), the up-block recipe, the last 20 of 40 steps; an attribute is scored as the
-    percentile of its statistic among the other held-out images. Class concepts are scored by the shipped CNN (the paper's SD recipe is ``--negative none
-    --window 18:38``).
+    percentile of its statistic among the other held-out images. Class concepts are scored by the
+    shipped CNN (the paper's SD recipe is ``--negative none --window 18:38``).
     """
     check_out(out)
     groups = list(listed(samples, str, "--samples"))
