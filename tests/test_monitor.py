@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffmem.bench.train import make_unet
+from diffmem.train.pixel import make_unet
 from diffmem.monitor import MemorizationMonitor, stable_rank
 from diffmem.monitor import rules
 

@@ -102,7 +102,7 @@ def bench_seed(adapter: Adapter, train: torch.Tensor, copies: np.ndarray, refere
     methods = peer_methods(adapter, layers, reference[:half], train, seed, T_CANDIDATES, conditional)
     yr, hard = y[rep], lab["hard_negative"][rep]
     results, tuning, report_scores = {}, {}, {}
-    forward = lambda: _denoise_all(adapter, x, keys, rep, batch_size)  # noqa: E731
+    forward = lambda: unit_forward(adapter, x, keys, rep, batch_size)  # noqa: E731
     forward()                                                          # warm-up
     for m in progress(methods, desc=f"methods (seed {seed})", disable=quiet):
         cal_scores = score_settings(m, m.settings, batches(x, keys, classes, cal, batch_size))
@@ -143,7 +143,7 @@ def bench_seed(adapter: Adapter, train: torch.Tensor, copies: np.ndarray, refere
 
 
 @torch.no_grad()
-def _denoise_all(adapter, x, keys, idx, batch_size) -> None:
+def unit_forward(adapter, x, keys, idx, batch_size) -> None:
     """One plain denoiser forward (null condition, t = 10) over the rows idx: the cost unit."""
     for b in batches(x, keys, None, idx, batch_size):
         z = adapter.prepare(b.x)

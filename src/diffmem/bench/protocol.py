@@ -52,11 +52,13 @@ def split_overlap(groups: np.ndarray, calib: np.ndarray) -> int:
 
 
 def batches(x: torch.Tensor, keys: Sequence[str], conditions: np.ndarray | None, idx: np.ndarray,
-            size: int) -> Iterator[Batch]:
-    """Batches of the rows ``idx``; ``conditions`` (N,) an object array of class labels or prompts."""
+            size: int, origins: Sequence[str] | None = None) -> Iterator[Batch]:
+    """Batches of the rows ``idx``; ``conditions`` (N,) an object array of class labels or prompts;
+    ``origins`` (N,) the sample names of generated images (:attr:`Batch.origins`)."""
     for i in range(0, len(idx), size):
         j = idx[i:i + size]
-        yield Batch(x[j], [keys[k] for k in j], None if conditions is None else conditions[j])
+        yield Batch(x[j], [keys[k] for k in j], None if conditions is None else conditions[j],
+                    None if origins is None else [origins[k] for k in j])
 
 
 def score_settings(method: Method, settings: Sequence[dict], parts: Iterator[Batch]) -> list[np.ndarray]:

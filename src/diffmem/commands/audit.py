@@ -58,6 +58,8 @@ def audit(model: Model, out: Out,
                                             "sampling", metavar="DIR")] = None,
           n: Annotated[int, Opt("samples to draw from the model (without --images)", min=1)] = 1000,
           classes: Classes = None, prompts: Prompts = None,
+          generations: Annotated[int | None, Opt("with --prompts: this many generations of every prompt "
+                                                 "(replaces --n)", min=1, max=1000)] = None,
           reference: Annotated[str | None, Opt("held-out real images the model never trained on (folder or "
                                                ".npy); default: held-out images of a `diffmem train` model's "
                                                "data", metavar="DIR")] = None,
@@ -84,6 +86,9 @@ def audit(model: Model, out: Out,
     check(images is None or (classes is None and prompts is None),
           "--classes/--prompts: only when sampling (without --images)")
     prompt_list = read_prompts(prompts)
+    check(generations is None or prompt_list is not None, "--generations: only with --prompts")
+    if generations is not None:
+        n = generations * len(prompt_list)
     rng = parse_range(input_range)
     adapter = load_adapter(model, allow_pickle, device, dtype)
     # inputs resolved and checked before any expensive work
@@ -133,13 +138,14 @@ def audit(model: Model, out: Out,
               "steps": steps if images is None else None, "seed": seed}
     lab = None
     if train_x is not None:
-        lab = label_samples(x, train_x, np.ones(len(train_x)))
+        # copies are judged against what the model can reproduce of each training image (its VAE round trip)
+        lab = label_samples(x, adapter.round_trip(train_x), np.ones(len(train_x)))
         frame["nearest"], frame["d1"], frame["d2"] = lab["nearest"], lab["d1"], lab["d2"]
         frame["ratio"], frame["copy"] = lab["ratio"], lab["memorized"]
         result.update(flag_quality(flags, lab["memorized"]))
     names = FASHION_MNIST_CLASSES if (adapter.record is not None and adapter.record.data == "fashion-mnist"
                                       and adapter.condition_kind == "class" and images is None) else None
-    result["per_condition"] = _per_condition(frame, names)
+    result["per_condition"] = _per_condition(frame, names, with_flags=adapter.condition_kind == "prompt")
     result["verdict"] = _verdict(result)
     result["seconds"] = time.perf_counter() - t0
     with output_dir(out) as tmp:
@@ -155,8 +161,10 @@ def audit(model: Model, out: Out,
     return result
 
 
-def _per_condition(frame: pd.DataFrame, names=None) -> list[dict]:
-    """Counts per class or prompt (``name``: the class's name when known)."""
+def _per_condition(frame: pd.DataFrame, names=None, with_flags: bool = False) -> list[dict]:
+    """Counts per class or prompt (``name``: the class's name when known); ``with_flags`` (prompts): also
+    each generation's flag in sample order and, with training data, the prompt's ``strength`` (the share of
+    its generations that copy a training image)."""
     rows = []
     for cond, g in frame.groupby(frame["condition"].fillna("all"), sort=True):
         row = {"condition": cond, "n": int(len(g)), "n_flagged": int(g["flagged"].sum()),
@@ -165,6 +173,10 @@ def _per_condition(frame: pd.DataFrame, names=None) -> list[dict]:
             row["name"] = names[int(cond)]
         if "copy" in g:
             row["n_copies"] = int(g["copy"].sum())
+        if with_flags:
+            row["flags"] = [bool(v) for v in g["flagged"]]
+            if "copy" in g:
+                row["strength"] = float(g["copy"].mean())
         rows.append(row)
     return rows
 

@@ -6,11 +6,13 @@ import json
 import time
 from typing import Annotated
 
+import numpy as np
 import pandas as pd
 
 from diffmem.bench.harness import (DETECTOR, HYBRID, aggregate, bench_seed, reference_images, require_record,
                                    summarize, training_images)
 from diffmem.bench.labels import COPY_RATIO, label_samples
+from diffmem.bench.prompts import PromptBench, prompt_bench
 from diffmem.commands.options import (AllowPickle, BatchSize, Classes, Device, DType, Guidance, Model, Opt, Out,
                                       Prompts, Quiet, Seed, Steps, listed, read_prompts)
 from diffmem.detect.evaluation import plot_kde, plot_roc
@@ -69,7 +71,12 @@ def bench(out: Out, model: Annotated[str | None, Opt("model folder with a traini
           seeds: Annotated[str | None, Opt("comma-separated seeds, each drawing samples and split anew "
                                            "(default: SEED,SEED+1,SEED+2; SEED alone with --quick)",
                                            list_of=int)] = None,
-          prompts: Prompts = None, guidance: Guidance = 1.0, steps: Steps = 50,
+          prompts: Prompts = None,
+          guidance: Annotated[float | None, Opt("classifier-free guidance scale (default 1; 7.5 for text-to-image "
+                                                "models, as the paper's SD benchmark)", min=0)] = None,
+          generations: Annotated[int, Opt("text-to-image: generations per prompt (prompt strength = the share "
+                                          "that copy)", min=1, max=64)] = 4,
+          steps: Steps = 50,
           calib_frac: Annotated[float, Opt("calibration share of the samples", above=0, max=0.95)] = 0.5,
           fpr: Annotated[float, Opt("target false-positive rate of the fitted thresholds", above=0, max=0.5)] = 0.01,
           batch_size: BatchSize = 256, device: Device = "auto", dtype: DType = "float32",
@@ -78,7 +85,9 @@ def bench(out: Out, model: Annotated[str | None, Opt("model folder with a traini
 
     Writes ``bench.json`` (figures as {mean, sd, per_seed}), ``bench.md``, ``tuning.json``,
     ``samples.parquet``, ``roc.png``, ``score_kde.png``, ``top_memorized.png`` (first seed) and
-    ``detector/`` (the fusion detector fitted on the first seed's calibration split).
+    ``detector/`` (the fusion detector fitted on the first seed's calibration split). A text-to-image
+    model whose record has captions is benchmarked per prompt (:mod:`diffmem.bench.prompts`): also
+    ``prompts.parquet`` and the ``prompt_methods`` of ``bench.json``.
     """
     check_out(out)
     seeds = listed(seeds, int, "--seeds")
@@ -87,6 +96,13 @@ def bench(out: Out, model: Annotated[str | None, Opt("model folder with a traini
     prompt_list = read_prompts(prompts)
     adapter = load_adapter(model or HYBRID, allow_pickle, device, dtype)
     require_record(adapter)
+    if adapter.condition_kind == "prompt" and adapter.record.captions is not None:
+        cfg = PromptBench(generations, 7.5 if guidance is None else guidance, steps, calib_frac, fpr, batch_size)
+        result, runs, _ = prompt_bench(adapter, seed_list, cfg, prompt_list, quiet=quiet)
+        result["model"] = str(model)
+        write_prompt_bench(out, result, runs)
+        return result
+    guidance = 1.0 if guidance is None else guidance
     train, copies = training_images(adapter)
     reference, ref_conditions = reference_images(adapter)
     n = n_samples or (600 if quick else 1500)
@@ -126,12 +142,32 @@ def bench(out: Out, model: Annotated[str | None, Opt("model folder with a traini
     return result
 
 
-def bench_table(r: dict) -> str:
+def write_prompt_bench(out, result: dict, runs) -> None:
+    """The prompt-level bench's files (first seed's figures)."""
+    first = runs[0]
+    with output_dir(out) as tmp:
+        write_json(tmp / "bench.json", result)
+        write_json(tmp / "tuning.json", {str(s): r.tuning for s, r in zip(result["seeds"], runs)})
+        (tmp / "bench.md").write_text(bench_table(result) + "\n" + bench_table(
+            {**result, "methods": result["prompt_methods"]}, "prompt level: strength >= 0.5 vs 0"))
+        pd.concat([r.frame for r in runs], ignore_index=True).to_parquet(tmp / "samples.parquet", index=False)
+        pd.concat([r.prompt_frame for r in runs], ignore_index=True).to_parquet(tmp / "prompts.parquet", index=False)
+        rep = first.frame["split"].to_numpy() == "report"
+        y0 = first.lab["memorized"][rep].astype(int)
+        plot_roc({k: (v, y0) for k, v in first.scores.items()}, tmp / "roc.png",
+                 f"report generations, seed {result['seeds'][0]}")
+        plot_top_with_nearest(first.x, first.scores[DETECTOR], tmp / "top_memorized.png",
+                              f"highest {DETECTOR} scores (report generations)", first.nearest_x,
+                              np.arange(len(first.x)), first.lab["ratio"][rep])
+        first.detector.save(tmp / "detector")
+
+
+def bench_table(r: dict, level: str = "image level") -> str:
     """Markdown table of bench.json's methods (mean ± sd over seeds)."""
     from diffmem.report.html import bench_rows
     t = bench_rows(r)
-    lines = [f"# Memorization benchmark (seeds {', '.join(map(str, r['seeds']))}; guidance {r['guidance']}; "
-             f"split grouped by nearest training image, overlap {r['split']['overlap']})", "",
+    lines = [f"# Memorization benchmark, {level} (seeds {', '.join(map(str, r['seeds']))}; guidance {r['guidance']}; "
+             f"split grouped by {r['split']['grouped_by'].replace('_', ' ')}, overlap {r['split']['overlap']})", "",
              "| " + " | ".join(t["head"]) + " |", "|" + "---|" * len(t["head"])]
     lines += ["| " + " | ".join(row) + " |" for row in t["rows"]]
     return "\n".join(lines) + "\n"

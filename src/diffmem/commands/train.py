@@ -2,35 +2,66 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
-from diffmem.bench.train import UNET_CONFIGS, train_unet
-from diffmem.commands.options import BatchSize, Opt, Out, Quiet, Seed
+from diffmem.commands.options import Opt, Out, Quiet, Seed
+from diffmem.errors import check
 from diffmem.monitor.training import MONITOR_EVERY, TrainingCallback
 from diffmem.outputs import check_out
 from diffmem.steer.classifier import train_classifier
+from diffmem.train.pixel import UNET_CONFIGS, train_unet
+from diffmem.train.t2i import T2IConfig, train_t2i
+
+PIXEL_DEFAULTS = {"size": 16, "distinct": 2000, "dup": "10x100,20x40", "steps": 6000, "batch_size": 128}
+SD_DEFAULTS = {"size": T2IConfig.size, "distinct": T2IConfig.generic, "dup": T2IConfig.dup, "steps": T2IConfig.steps,
+               "batch_size": T2IConfig.batch_size}
 
 
 def train(out: Out,
-          data: Annotated[str, Opt("'fashion-mnist' or an image folder / .npy array")] = "fashion-mnist",
-          size: Annotated[int, Opt("image side in pixels", min=4)] = 16,
-          distinct: Annotated[int, Opt("images seen once", min=0)] = 2000,
-          dup: Annotated[str, Opt("duplicated images: COUNTxCOPIES[,…]; 'none' for none")] = "10x100,20x40",
-          steps: Annotated[int, Opt("training steps", min=1)] = 6000, batch_size: BatchSize = 128,
+          family: Annotated[str, Opt("unet2d: class-conditional pixel UNet2DModel; sd: Stable Diffusion in "
+                                     "miniature (AutoencoderKL + frozen CLIP text encoder + UNet2DConditionModel "
+                                     "on colour-tinted Fashion-MNIST with captions)", choices=("unet2d", "sd"))] = "unet2d",
+          data: Annotated[str, Opt("'fashion-mnist' or an image folder / .npy array (unet2d)")] = "fashion-mnist",
+          size: Annotated[int | None, Opt("image side in pixels (default 16; sd 32)", min=4, max=512)] = None,
+          distinct: Annotated[int | None, Opt("images seen once (default 2000; sd: generic-caption items, 1000)",
+                                              min=0)] = None,
+          dup: Annotated[str | None, Opt("duplicated images: COUNTxCOPIES[,…]; 'none' for none (default "
+                                         "10x100,20x40; sd 20x100,20x25, each with a unique caption)")] = None,
+          steps: Annotated[int | None, Opt("training steps (default 6000; sd 10000 UNet steps)", min=1)] = None,
+          batch_size: Annotated[int | None, Opt("training batch (default 128; sd 64)", min=1, max=4096)] = None,
           lr: Annotated[float, Opt("learning rate", above=0)] = 1e-3,
-          label_dropout: Annotated[float, Opt("null-class rate (classifier-free guidance)", min=0, max=0.99)] = 0.1,
-          config: Annotated[str, Opt("UNet size", choices=tuple(UNET_CONFIGS))] = "bench-s",
-          checkpoint_every: Annotated[int, Opt("save DIR/checkpoints/step-K every K steps (0: none)", min=0)] = 0,
-          monitor: Annotated[bool, Opt("run the memorization monitor every --checkpoint-every steps (default "
-                                       "500) and keep DIR/monitor.json; prints a line when its alarm fires")] = False,
+          label_dropout: Annotated[float, Opt("null-class / empty-caption rate (classifier-free guidance)",
+                                              min=0, max=0.99)] = 0.1,
+          config: Annotated[str, Opt("UNet size (unet2d)", choices=tuple(UNET_CONFIGS))] = "bench-s",
+          single: Annotated[int, Opt("sd: items seen once with a unique caption (hard negatives)", min=0)] = T2IConfig.single,
+          held_out: Annotated[int, Opt("sd: held-out test-split items (references)", min=4)] = T2IConfig.held_out,
+          vae_steps: Annotated[int, Opt("sd: VAE training steps", min=1)] = T2IConfig.vae_steps,
+          check_every: Annotated[int, Opt("sd: measure the unique captions' copy share every K UNet steps "
+                                          "(0: never)", min=0)] = T2IConfig.check_every,
+          checkpoint_every: Annotated[int, Opt("unet2d: save DIR/checkpoints/step-K every K steps (0: none)",
+                                               min=0)] = 0,
+          monitor: Annotated[bool, Opt("unet2d: run the memorization monitor every --checkpoint-every steps "
+                                       "(default 500) and keep DIR/monitor.json; prints a line when its alarm "
+                                       "fires")] = False,
           seed: Seed = 0, quiet: Quiet = False) -> dict:
-    """Train a class-conditional UNet2DModel on N distinct images plus duplicated ones: a diffusers
-    ``DDPMPipeline`` folder + ``diffmem.json`` (the training record)."""
+    """Train a model with a known training set: a ``DDPMPipeline`` (unet2d) or ``StableDiffusionPipeline``
+    (sd) folder + ``diffmem.json`` (the training record)."""
     check_out(out)
+    given = {"size": size, "distinct": distinct, "dup": dup, "steps": steps, "batch_size": batch_size}
+    if family == "sd":
+        check(not monitor and not checkpoint_every, "--monitor/--checkpoint-every: not yet available with --family sd")
+        s = {k: SD_DEFAULTS[k] if v is None else v for k, v in given.items()}
+        cfg = dataclasses.replace(T2IConfig(), size=s["size"], generic=s["distinct"],
+                                  dup="" if s["dup"] == "none" else s["dup"], steps=s["steps"],
+                                  batch_size=s["batch_size"], lr=lr, caption_dropout=label_dropout, single=single,
+                                  held_out=held_out, vae_steps=vae_steps, check_every=check_every)
+        return train_t2i(out, cfg, seed=seed, quiet=quiet)
+    s = {k: PIXEL_DEFAULTS[k] if v is None else v for k, v in given.items()}
     callback = TrainingCallback(checkpoint_every or MONITOR_EVERY, seed=seed, quiet=quiet) if monitor else None
-    return train_unet(out, data=data, size=size, distinct=distinct, dup="" if dup == "none" else dup, steps=steps,
-                      batch_size=batch_size, lr=lr, label_dropout=label_dropout, config=config, seed=seed,
-                      checkpoint_every=checkpoint_every, callback=callback, quiet=quiet)
+    return train_unet(out, data=data, size=s["size"], distinct=s["distinct"], dup="" if s["dup"] == "none" else s["dup"],
+                      steps=s["steps"], batch_size=s["batch_size"], lr=lr, label_dropout=label_dropout, config=config,
+                      seed=seed, checkpoint_every=checkpoint_every, callback=callback, quiet=quiet)
 
 
 def classifier(out: Out, size: Annotated[int, Opt("image side in pixels", min=4)] = 16,

@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from diffmem.errors import DiffmemError
 from diffmem.neighbours import nearest_two
 from diffmem.probe.adapters import Adapter, gaussian_like
 from diffmem.probe.represent import generators, noise_seed, represent
@@ -38,17 +39,30 @@ from diffmem.stats import std as std_stat
 
 T_CANDIDATES = (10, 20, 50, 100, 200)
 ANISOTROPY_GAMMAS = (0.1, 0.3, 1.0, 3.0, 10.0)
+WEN_STEPS = (1, 3, 10)    # first generation steps averaged by the native Wen score
 SHARPNESS_STEP = 0.05     # central-difference step along the unit Δs direction, model-space units
 
 
 @dataclass
 class Batch:
     """Images x (B, C, H, W) in [-1, 1], their keys (noise seeds) and conditions (B,) — class labels
-    or prompts — or None."""
+    or prompts — or None. ``origins`` (B,): for generated images, the sample names whose initial noise
+    made them (:func:`diffmem.probe.sampling.sample`), which the native prompt-based peers start from."""
 
     x: torch.Tensor
     keys: list[str]
     conditions: Sequence | None = None
+    origins: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Native:
+    """How the generations were sampled, so native peers can restart them: the sampling ``seed``,
+    DDIM ``steps`` and the ``guidance`` scale."""
+
+    seed: int
+    steps: int
+    guidance: float
 
 
 @dataclass
@@ -71,15 +85,21 @@ def setting_key(setting: dict) -> str:
 
 
 class _Forwards:
-    """One image batch's denoiser calls at one t, each run at most once: ε_∅, ε_c, ε of the clean image."""
+    """One image batch's denoiser calls at one t, each run at most once: ε_∅, ε_c, ε of the clean image.
 
-    def __init__(self, adapter: Adapter, b: Batch, t: int, seed: int):
+    ``start`` (B, C', H', W'): a given z_t (e.g. a generation's initial noise) instead of the noised image."""
+
+    def __init__(self, adapter: Adapter, b: Batch, t: int, seed: int, start: torch.Tensor | None = None):
         self.adapter, self.b, self.t, self.seed = adapter, b, t, seed
+        self._cache: dict[str, torch.Tensor] = {}
+        if start is not None:
+            self.z = self.eps = None
+            self.z_t = start
+            return
         with torch.no_grad():
             self.z = adapter.prepare(b.x)                                         # (B, C', H', W')
         self.eps = gaussian_like(self.z, generators(seed, b.keys))               # (B, C', H', W')
         self.z_t = adapter.add_noise(self.z, t, self.eps)                        # (B, C', H', W')
-        self._cache: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def eps_null(self) -> torch.Tensor:
@@ -200,7 +220,7 @@ def output_norm_method(adapter: Adapter, ts: Sequence[int], seed: int) -> Method
                   "−Σ ε(x₀, t, ∅)⁴ of the clean image (SimA, prompt-free)")
 
 
-def sharpness_method(adapter: Adapter, ts: Sequence[int], seed: int, step: float = SHARPNESS_STEP) -> Method:
+def _sharpness(step: float) -> Callable[[_Forwards], torch.Tensor]:
     """‖(H_c − H_∅)Δs‖ = ‖Δs‖·‖J_Δs(v)‖ with v = Δs/‖Δs‖ and J_Δs(v) ≈ [Δs(x + hv) − Δs(x − hv)] / 2h."""
     def sharp(f: _Forwards) -> torch.Tensor:
         a = f.adapter
@@ -216,25 +236,95 @@ def sharpness_method(adapter: Adapter, ts: Sequence[int], seed: int, step: float
         ds_plus, ds_minus = -(out[0] - out[1]) / sigma, -(out[2] - out[3]) / sigma
         hv = (ds_plus - ds_minus) / (2 * step)                                   # (B, C', H', W')
         return n * _flat_norm(hv)
-    return Method("sharpness", True, False, True, [{"t": t} for t in ts], _per_t(adapter, ts, seed, sharp),
+    return sharp
+
+
+def sharpness_method(adapter: Adapter, ts: Sequence[int], seed: int, step: float = SHARPNESS_STEP) -> Method:
+    return Method("sharpness", True, False, True, [{"t": t} for t in ts], _per_t(adapter, ts, seed, _sharpness(step)),
                   "‖(H_c − H_∅)Δs‖ (Jeon et al., ICML'25; Hessian-vector product by finite differences)")
+
+
+def _anisotropy_terms(f: _Forwards) -> tuple[np.ndarray, np.ndarray]:
+    """(‖ε_c − ε_∅‖, cos(ε_∅, ε_c − ε_∅)) per image, (B,) each."""
+    d = (f.eps_cond() - f.eps_null()).flatten(1)
+    u = f.eps_null().flatten(1)
+    return _np(d.norm(dim=1)), _np(torch.nn.functional.cosine_similarity(u, d, dim=1))
 
 
 def anisotropy_method(adapter: Adapter, ts: Sequence[int], seed: int,
                       gammas: Sequence[float] = ANISOTROPY_GAMMAS) -> Method:
     """‖ε_c − ε_∅‖ at ``t_norm`` + γ·cos(ε_∅, ε_c − ε_∅) at ``t_cos``; both terms from the same two forwards per t."""
-    def terms(f: _Forwards) -> tuple[np.ndarray, np.ndarray]:
-        d = (f.eps_cond() - f.eps_null()).flatten(1)
-        u = f.eps_null().flatten(1)
-        return _np(d.norm(dim=1)), _np(torch.nn.functional.cosine_similarity(u, d, dim=1))
-
     def score(b: Batch, settings: Sequence[dict]) -> list[np.ndarray]:
         need = sorted({s["t_norm"] for s in settings} | {s["t_cos"] for s in settings})
-        cache = {t: terms(_Forwards(adapter, b, t, seed)) for t in need}
+        cache = {t: _anisotropy_terms(_Forwards(adapter, b, t, seed)) for t in need}
         return [cache[s["t_norm"]][0] + s["gamma"] * cache[s["t_cos"]][1] for s in settings]
     settings = [{"t_norm": t1, "t_cos": t2, "gamma": g} for t1 in ts for t2 in ts for g in gammas]
     return Method("anisotropy", True, False, False, settings, score,
                   "‖ε_c − ε_∅‖ + γ·cos(ε_∅, ε_c − ε_∅) (Asthana & Belagiannis, ICLR'26)")
+
+
+def _start(adapter: Adapter, b: Batch, native: Native):
+    """(the sampler, the generations' initial noise z_T (B, C', H', W')) of a batch of generated images."""
+    from diffmem.probe.sampling import initial_noise
+    if b.origins is None:
+        raise DiffmemError("native prompt-based scores need each generation's origin (its sample name)")
+    plan = adapter.sampler(native.steps)
+    return plan, initial_noise(adapter, plan.init_scale, native.seed, b.origins)
+
+
+def wen_native_method(adapter: Adapter, native: Native, step_counts: Sequence[int] = WEN_STEPS) -> Method:
+    """Wen et al.'s detector as released: the mean of ‖ε(z_k, c) − ε(z_k, ∅)‖ over the first n steps of
+    the guided DDIM trajectory from the generation's own initial noise, with its prompt."""
+    def score(b: Batch, settings: Sequence[dict]) -> list[np.ndarray]:
+        plan, z = _start(adapter, b, native)
+        cond, null = adapter.condition(list(b.conditions)), adapter.null_condition(len(z))
+        norms = []
+        with torch.no_grad():
+            for k in range(max(s["steps"] for s in settings)):
+                eps_u, eps_c = adapter.predict_eps(torch.cat([z, z]), plan.timesteps[k],
+                                                   torch.cat([null, cond])).float().chunk(2)
+                norms.append(_np(_flat_norm(eps_c - eps_u)))                     # (B,)
+                z = plan.step((eps_u + native.guidance * (eps_c - eps_u)).to(z.dtype), k, z, None)
+        mean = np.cumsum(norms, axis=0) / np.arange(1, len(norms) + 1)[:, None]  # (n, B)
+        return [mean[s["steps"] - 1] for s in settings]
+    return Method("wen", True, False, False, [{"steps": n} for n in step_counts if n <= native.steps], score,
+                  "mean ‖ε(z_k, c) − ε(z_k, ∅)‖ over the first n generation steps from the generation's own "
+                  "initial noise (Wen et al., ICLR'24, native)")
+
+
+def _at_start(adapter: Adapter, native: Native, seed: int, fn: Callable[[_Forwards], object]):
+    """fn of the forwards at the first sampling step, z_t = the generation's initial noise."""
+    def forwards(b: Batch) -> object:
+        plan, z = _start(adapter, b, native)
+        return fn(_Forwards(adapter, b, plan.timesteps[0], seed, start=z))
+    return forwards
+
+
+def sharpness_native_method(adapter: Adapter, native: Native, seed: int, step: float = SHARPNESS_STEP) -> Method:
+    at = _at_start(adapter, native, seed, _sharpness(step))
+    return Method("sharpness", True, False, True, [{"t": "first step"}], lambda b, s: [_np(at(b))] * len(s),
+                  "‖(H_c − H_∅)Δs‖ at the first generation step from the generation's initial noise "
+                  "(Jeon et al., ICML'25, native; Hessian-vector product by finite differences)")
+
+
+def anisotropy_native_method(adapter: Adapter, native: Native, seed: int,
+                             gammas: Sequence[float] = ANISOTROPY_GAMMAS) -> Method:
+    at = _at_start(adapter, native, seed, _anisotropy_terms)
+
+    def score(b: Batch, settings: Sequence[dict]) -> list[np.ndarray]:
+        norm, cos = at(b)
+        return [norm + s["gamma"] * cos for s in settings]
+    return Method("anisotropy", True, False, False, [{"gamma": g} for g in gammas], score,
+                  "‖ε_c − ε_∅‖ + γ·cos(ε_∅, ε_c − ε_∅) at the first generation step from the generation's "
+                  "initial noise (Asthana & Belagiannis, ICLR'26, native)")
+
+
+def official_spikiness_method(adapter: Adapter, seed: int) -> Method:
+    """The paper's released recipe, untuned: the family's default layer, t and pooling (SD: VAE-encode,
+    empty prompt, t = 10, ``up_blocks.0.resnets.<last>.nonlinearity``, spatial max, std)."""
+    m = spikiness_method(adapter, [adapter.default_layer], [adapter.default_t], seed)
+    return Method("spikiness_official", False, False, False, m.settings, m.score,
+                  "std of the default layer's spatial max at t = 10, the paper's recipe, untuned")
 
 
 def nn_oracle_method(train: torch.Tensor) -> Method:
@@ -249,13 +339,21 @@ def random_method(seed: int) -> Method:
 
 
 def peer_methods(adapter: Adapter, layers: Sequence[str], reference: torch.Tensor, train: torch.Tensor | None,
-                 seed: int, ts: Sequence[int] = T_CANDIDATES, conditional: bool = True) -> list[Method]:
+                 seed: int, ts: Sequence[int] = T_CANDIDATES, conditional: bool = True,
+                 native: Native | None = None) -> list[Method]:
     """Every method of the harness over the same timesteps ``ts`` (and ``layers`` for representation
     methods). ``reference``: held-out real images for NeMo; ``train``: the training set for the
-    oracle (omitted when None); ``conditional``: include methods that need the condition."""
+    oracle (omitted when None); ``conditional``: include methods that need the condition; ``native``:
+    score generated images, the prompt-based peers in their native setting (from each generation's
+    initial noise) and the paper's untuned recipe beside the tuned spikiness."""
     ms = [spikiness_method(adapter, layers, ts, seed), denoising_loss_method(adapter, ts, seed),
           output_norm_method(adapter, ts, seed), nemo_method(adapter, layers, ts, reference, seed)]
-    if conditional:
+    if native is not None:
+        ms.insert(1, official_spikiness_method(adapter, seed))
+    if conditional and native is not None:
+        ms += [wen_native_method(adapter, native), sharpness_native_method(adapter, native, seed),
+               anisotropy_native_method(adapter, native, seed)]
+    elif conditional:
         ms += [wen_method(adapter, ts, seed), sharpness_method(adapter, ts, seed), anisotropy_method(adapter, ts, seed)]
     if train is not None:
         ms.append(nn_oracle_method(train))

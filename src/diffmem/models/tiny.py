@@ -7,7 +7,6 @@ reproducible without touching the caller's global RNG state.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -42,16 +41,13 @@ def _tiny_vae():
 
 
 def _tiny_tokenizer(folder: Path):
+    """A character-level ``CLIPTokenizer`` (every printable ASCII character a token, no merges)."""
     from transformers import CLIPTokenizer
-    folder.mkdir(parents=True, exist_ok=True)
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for t in _TOKENS:
         vocab.setdefault(t, len(vocab))
         vocab.setdefault(t + "</w>", len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"),
-                         model_max_length=16)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
 
 
 def save_tiny_unet2d(path: str | os.PathLike, num_classes: int | None = 10, seed: int = 0,
@@ -80,14 +76,11 @@ def save_tiny_sd(path: str | os.PathLike, seed: int = 0) -> Path:
         text = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=16,
                                             intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
                                             vocab_size=256, max_position_embeddings=16)).eval()
-    tok = _tiny_tokenizer(path / ".tok")
+    tok = _tiny_tokenizer(path)
     pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tok,
                                    scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(path, safe_serialization=True)
-    for f in (path / ".tok").iterdir():
-        f.unlink()
-    (path / ".tok").rmdir()
     return path
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from diffmem.bench.train import train_unet
+from diffmem.train.pixel import train_unet
 from diffmem.monitor.training import TrainingCallback
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffmem.bench.train import train_unet
+from diffmem.train.pixel import train_unet
 from diffmem.monitor.plots import plot_runs
 from diffmem.errors import check
 from diffmem.monitor.training import TrainingCallback, checkpoint_folders, ground_truth, run_summary

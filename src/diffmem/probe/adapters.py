@@ -125,6 +125,13 @@ class Adapter:
         """Model-space z → pixel images (B, C, H, W) in [-1, 1], float32 on the CPU."""
         return z.float().clamp(-1, 1).cpu()
 
+    @torch.no_grad()
+    def round_trip(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """``decode(prepare(x))`` of pixel images x (N, C, H, W): what the model can reproduce of them at
+        best (the VAE's reconstruction for latent families, x itself for pixel families). Exact copy
+        labels of generated images compare against these."""
+        return torch.cat([self.decode(self.prepare(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+
     def noise(self, z: torch.Tensor, t: float, generators: Generators) -> torch.Tensor:
         """z_t at timestep t, noise row b from generators[b]."""
         return self.add_noise(z, t, gaussian_like(z, generators))

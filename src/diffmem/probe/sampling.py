@@ -37,6 +37,17 @@ def guided_eps(adapter: Adapter, x: torch.Tensor, t: int, cond, guidance: float)
     return eps_u + guidance * (eps_c - eps_u)
 
 
+def _noise(adapter: Adapter, scale: float, gens) -> torch.Tensor:
+    return (scale * torch.stack([torch.randn(adapter.latent_shape, generator=g) for g in gens])
+            ).to(adapter.device, adapter.dtype)                                  # (B, *latent_shape)
+
+
+def initial_noise(adapter: Adapter, scale: float, seed: int, origins: Sequence[str]) -> torch.Tensor:
+    """The initial noise z_T (B, *latent_shape) that :func:`sample` drew for the samples named ``origins``
+    (``"sample{j}"``) with ``seed``; ``scale`` is the sampler's ``init_scale``."""
+    return _noise(adapter, scale, generators(seed, list(origins)))
+
+
 @torch.no_grad()
 def sample(adapter: Adapter, n: int, conditions: Sequence | None = None, guidance: float = 1.0,
            steps: int = 50, sampler: str = "ddim", seed: int = 0, batch_size: int = 128,
@@ -52,7 +63,6 @@ def sample(adapter: Adapter, n: int, conditions: Sequence | None = None, guidanc
     check(sampler in ("ddim", "ddpm"), f"--sampler {sampler!r}: 'ddim' or 'ddpm'")
     check(guidance == guidance and 0 <= guidance < float("inf"), f"--guidance {guidance}: must be finite and >= 0")
     eta = 0.0 if sampler == "ddim" else 1.0
-    shape = adapter.latent_shape
     names = list(range(n)) if indices is None else [int(j) for j in indices]
     check(len(names) == n, "sample: one index per sample")
     check(conditions is None or len(conditions) == n, "sample: one condition per sample")
@@ -62,8 +72,7 @@ def sample(adapter: Adapter, n: int, conditions: Sequence | None = None, guidanc
         idx = list(range(i, min(n, i + batch_size)))
         plan = adapter.sampler(steps, eta)
         gens = generators(seed, [f"sample{names[j]}" for j in idx])
-        x = (plan.init_scale * torch.stack([torch.randn(shape, generator=g) for g in gens])
-             ).to(adapter.device, adapter.dtype)
+        x = _noise(adapter, plan.init_scale, gens)
         cond = adapter.condition([conditions[j] for j in idx]) if conditions is not None else None
         for k, t in enumerate(plan.timesteps):
             eps = guided_eps(adapter, x, t, cond, guidance)

@@ -99,16 +99,19 @@ def _ms(v: dict | None, scale: float = 1.0, digits: int = 3) -> str:
 def bench_rows(bench: dict, names: dict | None = None) -> dict:
     """``{"head", "rows"}`` of the method table of a ``bench.json`` (mean ± sd over seeds)."""
     names = names or {}
+    methods = bench.get("methods", {})
+    prompt_level = any("spearman" in m for m in methods.values())
     head = ["method", "AUROC", "TPR@1%FPR (oracle)", "deployable FPR / TPR", "unlabelled FPR / TPR",
-            "hard-negative AUROC", "× forward"]
+            "Spearman with strength" if prompt_level else "hard-negative AUROC"] + ([] if prompt_level else ["× forward"])
     rows = []
-    for name, m in bench.get("methods", {}).items():
+    for name, m in methods.items():
         unl = m.get("unlabelled") or {}
         label = names.get(name, name + (" (ours)" if name == bench.get("detector") else ""))
         rows.append([label, _ms(m["auroc"]), _ms(m["tpr_at_1pct_fpr"]),
                      f"{_ms(m['deployable']['fpr'])} / {_ms(m['deployable']['tpr'])}",
-                     f"{_ms(unl.get('fpr'))} / {_ms(unl.get('tpr'))}", _ms(m.get("hard_negative_auroc")),
-                     _ms(m.get("forward_fraction"), digits=2)])
+                     f"{_ms(unl.get('fpr'))} / {_ms(unl.get('tpr'))}",
+                     _ms(m.get("spearman" if prompt_level else "hard_negative_auroc"))]
+                    + ([] if prompt_level else [_ms(m.get("forward_fraction"), digits=2)]))
     return {"head": head, "rows": rows}
 
 
@@ -133,7 +136,20 @@ def _tables(root: Path) -> list[dict]:
     tables = []
     for path in sorted(root.rglob("audit.json")):
         a = read_json(path)
-        if a.get("per_condition"):
+        rows_in = a.get("per_condition") or []
+        if rows_in and "flags" in rows_in[0]:
+            top = sorted(rows_in, key=lambda r: (-r["share_flagged"], str(r["condition"])))[:20]
+            strength = "strength" in top[0]
+            tables.append({"section": "Score distribution", "title": "Most-flagged prompts",
+                           "head": ["prompt", "generations", "flagged", "share flagged"] + (
+                               ["strength (share that copy)"] if strength else []),
+                           "rows": [[str(r["condition"]), f"{r['n']:,}", "".join("■" if f else "□" for f in r["flags"]),
+                                     _pct(r["share_flagged"])] + ([_pct(r["strength"])] if strength else [])
+                                    for r in top],
+                           "note": "The 20 prompts with the largest share of flagged generations (■ flagged, "
+                                   "□ not). Strength, with a training record: the share of the prompt's "
+                                   "generations that copy a training image."})
+        elif rows_in:
             head = ["condition", "samples", "flagged", "share flagged"] + (
                 ["copies"] if "n_copies" in a["per_condition"][0] else [])
             rows = [[str(r.get("name", r["condition"])), f"{r['n']:,}", f"{r['n_flagged']:,}",
@@ -151,6 +167,13 @@ def _tables(root: Path) -> list[dict]:
                                f"image (overlap {b['split']['overlap']}); every method tuned on calibration only. "
                                f"Deployable: threshold fitted on calibration negatives; unlabelled: fitted on "
                                f"held-out real images; × forward: cost relative to one denoiser forward."})
+        if b.get("prompt_methods"):
+            t = bench_rows({**b, "methods": b["prompt_methods"]}, {k: v for k, v in METHOD_NAMES.items()})
+            tables.append({"section": "Detection benchmark", "title": "Per prompt: strength ≥ 0.5 against strength 0",
+                           **t, "note": f"{b['generations_per_prompt']} generations per prompt at guidance "
+                                        f"{b['guidance']}; a prompt's score is the mean of its generations'; "
+                                        f"strength = the share of its generations that copy. Unlabelled: "
+                                        f"threshold fitted on prompts never trained on."})
     for path in sorted(root.rglob("verify.json")):
         v = read_json(path)
         rows = [[r, f"{d['rel_err']:.4f}", f"{d['rep_std_train']:.3f}"] for r, d in v["regimes"].items()]

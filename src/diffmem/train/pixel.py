@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from diffmem.bench.dataset import Duplication, build_training_set, load_source
 from diffmem.errors import check
 from diffmem.outputs import output_dir, progress
+from diffmem.train import cosine_schedule, update
 
 UNET_CONFIGS = {
     # name: (block_out_channels, layers_per_block); no attention (cheap on CPU)
@@ -69,9 +69,7 @@ def train_unet(out: str | os.PathLike, data: str = "fashion-mnist", size: int = 
     unet = make_unet(config, size, X.shape[1], num_classes, seed)
     sched = DDPMScheduler(num_train_timesteps=1000)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    warm = min(200, steps // 10 + 1)
-    lr_at = lambda k: min(1.0, (k + 1) / warm) * 0.5 * (1 + math.cos(math.pi * k / steps))  # noqa: E731
-    lrs = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    lrs = cosine_schedule(opt, steps)
     g = torch.Generator().manual_seed(seed)
     record = {"data": data, "size": size, "distinct": distinct, "dup": dup, "steps": steps,
               "batch_size": batch_size, "lr": lr, "label_dropout": label_dropout, "config": config,
@@ -101,12 +99,7 @@ def train_unet(out: str | os.PathLike, data: str = "fashion-mnist", size: int = 
             if Y is not None:
                 drop = torch.rand(batch_size, generator=g) < label_dropout
                 cond = torch.where(drop, torch.full_like(Y[idx], num_classes), Y[idx])   # (B,)
-            loss = F.mse_loss(unet(x_t, t, class_labels=cond).sample, eps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            lrs.step()
-            losses.append(loss.item())
+            losses.append(update(opt, lrs, F.mse_loss(unet(x_t, t, class_labels=cond).sample, eps)))
             if k % 100 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
             if checkpoint_every and k % checkpoint_every == 0:
