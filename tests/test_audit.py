@@ -35,7 +35,8 @@ def test_share_ci_and_flag_quality():
     assert share == 0.3 and lo < 0.3 < hi and hi - lo < 0.25
     copies = np.r_[np.ones(25, bool), np.zeros(70, bool), np.ones(5, bool)]
     q = flag_quality(flags, copies)
-    assert q == {"precision": 25 / 30, "recall": 25 / 30, "n_copies": 30, "true_positives": 25}
+    assert q == {"precision": 25 / 30, "recall": 25 / 30, "n_copies": 30, "true_positives": 25,
+                 "fpr_generated_non_copies": 5 / 70}       # flags 25-29 are non-copies among 70
     assert flag_quality(np.zeros(3, bool), np.zeros(3, bool))["precision"] is None
 
 

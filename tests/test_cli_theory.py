@@ -84,3 +84,12 @@ def test_bad_input_one_line_nonzero_nothing_written(case, tmp_path, image_folder
     assert len(lines) == 1 and lines[0].startswith("diffmem: error:"), stderr
     assert not out.exists()
     assert not list(tmp_path.glob(".out.*"))
+
+
+def test_weights_at_the_documented_minimum(tmp_path, image_folder):
+    """--n 3 is the smallest n the option allows: its plot draws the 3 representations there are."""
+    out = tmp_path / "w"
+    assert main(["theory", "weights", "--data", str(image_folder), "--n", "3", "--n-large", "3", "--p", "4",
+                 "--steps", "5", "--quiet", "--out", str(out)]) == 0
+    w = json.loads((out / "weights.json").read_text())
+    assert w["models"]["memorizing"]["n"] == 3 and (out / "representations_memorizing.png").exists()

@@ -153,12 +153,25 @@ def test_detector_fit_score_predict_and_layer_selection(tiny):
     assert all(ranked[i]["auroc"] >= ranked[i + 1]["auroc"] for i in range(len(ranked) - 1))
 
 
-def test_custom_adapter():
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 16))
-    a = CustomAdapter(net, lambda m, z, t, c: m(z), image_size=4, image_channels=1, default_layer="2")
-    x = torch.rand(3, 1, 4, 4)
-    s = spikiness(a, x, ["a", "b", "c"], t=0.05)
-    assert s["std"].shape == (3,) and torch.isfinite(s["std"]).all()
+def test_custom_adapter_on_a_flattening_mlp_denoiser():
+    """The README's seam: an MLP denoiser on (B, 16) vectors, ``prepare`` flattening images. Layer
+    discovery, scores and the detector all go through ``prepare``; the score is checked by hand."""
+    from diffmem.detect.detector import SpikinessDetector
+    from diffmem.probe.represent import generators
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 16))
+    a = CustomAdapter(net, lambda m, z, t, c: m(z), image_size=4, image_channels=1, default_layer="1",
+                      prepare=lambda x: x.reshape(len(x), -1), default_pool="flatten")
+    assert a.latent_shape == (16,) and a.layers()["1"] == [(1, 8)] and a.call_counts["1"] == 1
+    x = torch.rand(3, 1, 4, 4) * 2 - 1
+    keys = ["a", "b", "c"]
+    s = spikiness(a, x, keys, t=0.05)
+    eps = torch.stack([torch.randn(16, generator=g) for g in generators(0, keys)])      # the same noise, by key
+    with torch.no_grad():
+        h = torch.relu(net[0](x.reshape(3, 16) + 0.05 * eps))                          # (3, 8)
+    assert torch.allclose(s["std"].double(), h.double().std(1, unbiased=False), atol=1e-6)
+    det = SpikinessDetector(a, t=0.05, batch_size=2).fit(x)
+    assert det.score(x, keys).shape == (3,) and np.allclose(det.score(x, keys), s["std"].numpy(), atol=1e-6)
 
 
 def write_pngs(folder, n, size=20, seed=0):

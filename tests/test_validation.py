@@ -192,6 +192,21 @@ def _corpus(root):
     broken("pickle_weights", pickled)
     broken("missing_unet", lambda d: __import__("shutil").rmtree(d / "unet"))
     broken("bad_record", lambda d: (d / "diffmem.json").write_text('{"data": 1}'))
+
+    def edit(part, **changes):
+        def mutate(d):
+            path = d / part
+            cfg = json.loads(path.read_text())
+            cfg.update(changes)
+            path.write_text(json.dumps(cfg))
+        return mutate
+    broken("sample_size_text", edit("unet/config.json", sample_size="sixteen"))
+    broken("channels_zero", edit("unet/config.json", in_channels=0))
+    broken("scheduler_unknown", edit("scheduler/scheduler_config.json", _class_name="NoSuchScheduler"))
+    broken("scheduler_not_a_scheduler", edit("scheduler/scheduler_config.json", _class_name="UNet2DModel"))
+    broken("timesteps_text", edit("scheduler/scheduler_config.json", num_train_timesteps="many"))
+    broken("timesteps_zero", edit("scheduler/scheduler_config.json", num_train_timesteps=0))
+    broken("beta_nan", edit("scheduler/scheduler_config.json", beta_end=float("nan")))
     np.save(root / "floats255.npy", np.full((2, 16, 16), 200.0, np.float32))
     cases.append(("float_array_0_255", ["scan", str(model), str(root / "floats255.npy")]))
     np.save(root / "int32.npy", np.zeros((2, 16, 16), np.int32))
@@ -213,6 +228,8 @@ def _corpus(root):
     cases.append(("unconditional_classes", ["sample", str(model), "--classes", "11"]))
     cases.append(("steer_without_record", ["steer", str(model), "--concept", str(imgs)]))
     cases.append(("audit_without_reference", ["audit", str(model), "--n", "2"]))
+    cases.append(("sample_huge_n", ["sample", str(model), "--n", "1000000000000"]))
+    cases.append(("audit_huge_n", ["audit", str(model), "--n", "1000000000000", "--reference", str(imgs)]))
     cases.append(("audit_bad_input_range", ["audit", str(model), "--images", str(root / "floats255.npy"),
                                             "--reference", str(imgs), "--input-range", "5,1"]))
     return cases
@@ -257,3 +274,20 @@ def test_a_failing_command_leaves_no_empty_parent_folders(tmp_path, capsys):
         with output_dir(tmp_path / "x" / "y" / "z"):
             raise RuntimeError
     assert not (tmp_path / "x").exists()
+
+
+def test_guidance_that_blows_up_writes_nothing(tmp_path, capsys):
+    model = SAVERS["unet2d"](tmp_path / "model", seed=0)
+    out = tmp_path / "samples"
+    code = main(["sample", str(model), "--n", "2", "--steps", "3", "--guidance", "1e30", "--quiet",
+                 "--out", str(out)])
+    _assert_refused(capsys, code, out)
+
+
+def test_guidance_blow_up_names_the_step(tmp_path):
+    from diffmem.errors import DiffmemError
+    from diffmem.models import load_adapter
+    from diffmem.probe.sampling import sample
+    a = load_adapter(SAVERS["unet2d"](tmp_path / "model", seed=0))
+    with pytest.raises(DiffmemError, match=r"guidance 1e\+30 made the samples non-finite at step [12] of 3"):
+        sample(a, 2, [0, 1], guidance=1e30, steps=3, quiet=True)

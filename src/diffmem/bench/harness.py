@@ -26,7 +26,7 @@ from diffmem.probe.sampling import sample_images
 HYBRID = ASSETS / "bench" / "hybrid"
 DETECTOR = "fusion"      # the name of our shipped detector's method row
 
-__all__ = ["DETECTOR", "HYBRID", "aggregate", "bench_seed", "reference_images", "require_record",
+__all__ = ["DETECTOR", "HYBRID", "aggregate", "bench_seed", "copy_targets", "reference_images", "require_record",
            "summarize", "training_images"]
 
 
@@ -48,6 +48,14 @@ def training_images(adapter: Adapter) -> tuple[torch.Tensor, np.ndarray]:
     require_record(adapter)
     _check_shape(adapter)
     return record_training_images(adapter.record)
+
+
+def copy_targets(adapter: Adapter) -> tuple[torch.Tensor, np.ndarray]:
+    """What a copy of each training image looks like through the model — its round trip
+    (:meth:`~diffmem.probe.adapters.Adapter.round_trip`; the images themselves for pixel families) —
+    (M, C, H, W), and how often each was seen (M,): the reference of exact copy labels."""
+    train, copies = training_images(adapter)
+    return adapter.round_trip(train), copies
 
 
 def reference_images(adapter) -> tuple[torch.Tensor, np.ndarray | None]:

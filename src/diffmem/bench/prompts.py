@@ -255,13 +255,13 @@ def prompt_bench_seed(adapter: Adapter, train_rt: torch.Tensor, copies: np.ndarr
     det = FusionDetector(adapter, ts=T_CANDIDATES, layers=layers, fpr=cfg.fpr, batch_size=cfg.batch_size, seed=seed)
     det.fit(x[cal], y_all[cal], groups=group[cal], keys=[keys[k] for k in cal])
     s_rep, secs, ref_secs = timed_against(lambda: det.score(x[rep], [keys[k] for k in rep]), forward)
-    record("fusion", det.score(x[cal], [keys[k] for k in cal]), s_rep,
+    record("fusion", det.oof_scores_, s_rep,
            det.score(x[ref_idx], [keys[k] for k in ref_idx]), det.threshold_, secs, ref_secs, (False, False, False))
     tuning["fusion"] = {"chosen": {"t": det.t_, "features": det.features_}, "sign": "+", "sign_flipped": False,
                         "description": "logistic fusion of one forward's spikiness statistics and denoising "
                                        "residual, fitted on calibration generations (ours)",
                         "selection": det.selection_}
-    split = np.where(ref_gen, "reference", "report")
+    split = np.where(ref_gen, "reference", "report").astype(object)
     split[cal] = "calibration"
     frame = pd.DataFrame({"seed": seed, "sample": np.arange(len(x)), "prompt": conds, "prompt_index": gen_prompt,
                           "kind": kind[gen_prompt], "split": split,
@@ -310,12 +310,11 @@ def prompt_bench(adapter: Adapter, seeds: list[int], cfg: PromptBench = PromptBe
     level: ``auroc``, ``tpr_at_1pct_fpr``, ``deployable``/``unlabelled`` {fpr, tpr}, ``spearman``,
     ``n_positive``, ``n_negative``), each figure {mean, sd, per_seed}; ``copy_share`` per prompt kind;
     ``prompts`` (count per kind); the settings."""
-    from diffmem.bench.harness import reference_images, require_record, training_images
+    from diffmem.bench.harness import copy_targets, reference_images, require_record
     from diffmem.bench.protocol import aggregate, summarize
     require_record(adapter)
     ps = record_prompts(adapter.record, per_kind, prompts)
-    train, copies = training_images(adapter)
-    train_rt = adapter.round_trip(train)                                         # (M, C, H, W)
+    train_rt, copies = copy_targets(adapter)                                     # (M, C, H, W), (M,)
     reference, _ = reference_images(adapter)
     t0 = time.perf_counter()
     runs = [prompt_bench_seed(adapter, train_rt, copies, np.asarray(adapter.record.indices), ps, reference, cfg, s,

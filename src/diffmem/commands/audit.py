@@ -23,6 +23,7 @@ from diffmem.models import load_adapter
 from diffmem.outputs import check_out, output_dir, write_json
 from diffmem.plotting import plot_top_with_nearest, plt, save
 from diffmem.probe.sampling import sample_images
+from diffmem.report import build_report
 from diffmem.scan.inputs import iter_inputs
 
 DETECTOR_FOLDER = "detector"     # a model folder's own detector (saved by `diffmem bench`), used by default
@@ -44,12 +45,14 @@ def _verdict(r: dict) -> str:
     share, lo, hi = r["share_flagged"], *r["share_flagged_ci"]
     text = (f"{r['n_flagged']:,} of {r['n']:,} samples ({100 * share:.1f}%, 95% CI {100 * lo:.1f}–{100 * hi:.1f}%) "
             f"look memorized at a {100 * r['fpr_target']:g}% false-positive rate "
-            f"(realized {100 * r['realized_fpr_reference']:.1f}% on {r['n_reference']:,} held-out real images).")
+            f"(realized {100 * r['realized_fpr_reference']:.1f}% on {r['n_reference']:,} {r['calibration']}).")
     if r.get("precision") is not None or r.get("recall") is not None:
         p = "—" if r["precision"] is None else f"{100 * r['precision']:.0f}%"
         rc = "—" if r["recall"] is None else f"{100 * r['recall']:.0f}%"
         text += (f" Against the training set, {r['n_copies']:,} samples are copies; {p} of the flags are copies "
                  f"and {rc} of the copies are flagged.")
+        if r.get("fpr_generated_non_copies") is not None:
+            text += f" Of the samples that copy nothing, {100 * r['fpr_generated_non_copies']:.1f}% are flagged."
     return text
 
 
@@ -63,7 +66,10 @@ def audit(model: Model, out: Out,
           reference: Annotated[str | None, Opt("held-out real images the model never trained on (folder or "
                                                ".npy); default: held-out images of a `diffmem train` model's "
                                                "data", metavar="DIR")] = None,
-          n_reference: Annotated[int, Opt("reference images used at most", min=4)] = 1000,
+          reference_prompts: Annotated[str | None, Opt("text-to-image: a file of prompts the model never trained on; "
+                                                       "the threshold is fitted on --n-reference generations of "
+                                                       "them (cycled) instead of on real images", metavar="FILE")] = None,
+          n_reference: Annotated[int, Opt("reference images used at most", min=4, max=100000)] = 1000,
           train: Annotated[str | None, Opt("training images (folder or .npy) to check every sample against "
                                            "(default: the model's training record, if any)", metavar="DIR")] = None,
           fpr: Annotated[float, Opt("target false-positive rate on real non-training images", above=0,
@@ -80,7 +86,9 @@ def audit(model: Model, out: Out,
     real images, flag every sample, and — with the training set — check the flags against exact copies.
 
     Writes ``audit.json``, ``flags.parquet`` (one row per sample), ``audit_scores.png``,
-    ``top_flagged.png`` and, when sampling, ``images/NNNNN.png``."""
+    ``top_flagged.png``, ``report.html`` (the verdict first) and, when sampling, ``images/NNNNN.png``.
+    With ``--prompts``, ``audit.json``'s ``per_condition`` has one row per prompt with its generations'
+    ``flags`` and, given training data, its ``strength`` (the share of its generations that copy)."""
     t0 = time.perf_counter()
     check_out(out)
     check(images is None or (classes is None and prompts is None),
@@ -92,7 +100,15 @@ def audit(model: Model, out: Out,
     rng = parse_range(input_range)
     adapter = load_adapter(model, allow_pickle, device, dtype)
     # inputs resolved and checked before any expensive work
-    if reference is not None:
+    ref_prompts = read_prompts(reference_prompts)
+    check(ref_prompts is None or (reference is None and images is None),
+          "--reference-prompts: not with --reference or --images")
+    calibration = "held-out real images"
+    if ref_prompts is not None:
+        ref_conds = adapter.conditions(n_reference, prompts=ref_prompts)
+        ref, ref_name = None, reference_prompts
+        calibration = f"generations of {len(ref_prompts):,} never-trained prompts"
+    elif reference is not None:
         ref = torch.from_numpy(load_images(reference, size=adapter.image_size, channels=adapter.image_channels,
                                            limit=n_reference, input_range=rng))
         ref_name = reference
@@ -122,6 +138,9 @@ def audit(model: Model, out: Out,
         conds = adapter.conditions(n, classes=listed(classes, int, "--classes"), prompts=prompt_list)
         x = sample_images(adapter, n, conds, guidance, steps, "ddim", seed, batch_size, quiet)
         paths = [f"images/{j:05d}.png" for j in range(n)]
+    if ref is None:                       # generations of the reference prompts, from noise the samples do not use
+        ref = sample_images(adapter, n_reference, ref_conds, guidance, steps, "ddim", seed, batch_size, quiet,
+                            indices=range(len(x), len(x) + n_reference))
     ref_scores = det.score(ref, [image_key(im) for im in ref])
     threshold, realized = calibrate_on_reference(ref_scores, fpr, seed)
     scores = det.score(x, [image_key(im) for im in x])
@@ -132,7 +151,7 @@ def audit(model: Model, out: Out,
                           "score": scores, "flagged": flags})
     result = {"n": len(x), "n_flagged": int(flags.sum()), "share_flagged": share, "share_flagged_ci": [lo, hi],
               "threshold": threshold, "fpr_target": fpr, "realized_fpr_reference": realized,
-              "n_reference": len(ref), "detector": {"source": det_source, "t": det.t_, "features": det.features_},
+              "n_reference": len(ref), "calibration": calibration, "detector": {"source": det_source, "t": det.t_, "features": det.features_},
               "model": str(model), "images": images, "reference": ref_name, "train": train_name,
               "sampled": images is None, "guidance": guidance if images is None else None,
               "steps": steps if images is None else None, "seed": seed}
@@ -158,6 +177,7 @@ def audit(model: Model, out: Out,
                               "highest-scoring samples" + (" (flagged)" if flags[top].all() else ""), train_x,
                               None if lab is None else lab["nearest"], None if lab is None else lab["ratio"])
         write_json(tmp / "audit.json", result)
+        build_report(tmp)                                         # the verdict's page, next to audit.json
     return result
 
 

@@ -9,8 +9,8 @@ from typing import Annotated
 import numpy as np
 import pandas as pd
 
-from diffmem.bench.harness import (DETECTOR, HYBRID, aggregate, bench_seed, reference_images, require_record,
-                                   summarize, training_images)
+from diffmem.bench.harness import (DETECTOR, HYBRID, aggregate, bench_seed, copy_targets, reference_images,
+                                   require_record, summarize)
 from diffmem.bench.labels import COPY_RATIO, label_samples
 from diffmem.bench.prompts import PromptBench, prompt_bench
 from diffmem.commands.options import (AllowPickle, BatchSize, Classes, Device, DType, Guidance, Model, Opt, Out,
@@ -39,7 +39,7 @@ def sample(model: Model, out: Out, n: Annotated[int, Opt("samples to draw", min=
     prompt_list = read_prompts(prompts)
     adapter = load_adapter(model, allow_pickle, device, dtype)
     conds = adapter.conditions(n, classes=listed(classes, int, "--classes"), prompts=prompt_list)
-    train = training_images(adapter) if adapter.record is not None else None
+    train = copy_targets(adapter) if adapter.record is not None else None
     x = sample_images(adapter, n, conds, guidance, steps, sampler, seed, batch_size, quiet)
     lab = label_samples(x, *train) if train is not None else None
     with output_dir(out) as tmp:
@@ -87,7 +87,7 @@ def bench(out: Out, model: Annotated[str | None, Opt("model folder with a traini
     ``samples.parquet``, ``roc.png``, ``score_kde.png``, ``top_memorized.png`` (first seed) and
     ``detector/`` (the fusion detector fitted on the first seed's calibration split). A text-to-image
     model whose record has captions is benchmarked per prompt (:mod:`diffmem.bench.prompts`): also
-    ``prompts.parquet`` and the ``prompt_methods`` of ``bench.json``.
+    ``prompts.parquet``, ``prompts.txt`` and the ``prompt_methods`` of ``bench.json``.
     """
     check_out(out)
     seeds = listed(seeds, int, "--seeds")
@@ -98,12 +98,12 @@ def bench(out: Out, model: Annotated[str | None, Opt("model folder with a traini
     require_record(adapter)
     if adapter.condition_kind == "prompt" and adapter.record.captions is not None:
         cfg = PromptBench(generations, 7.5 if guidance is None else guidance, steps, calib_frac, fpr, batch_size)
-        result, runs, _ = prompt_bench(adapter, seed_list, cfg, prompt_list, quiet=quiet)
+        result, runs, ps = prompt_bench(adapter, seed_list, cfg, prompt_list, quiet=quiet)
         result["model"] = str(model)
-        write_prompt_bench(out, result, runs)
+        write_prompt_bench(out, result, runs, ps.prompts)
         return result
     guidance = 1.0 if guidance is None else guidance
-    train, copies = training_images(adapter)
+    train, copies = copy_targets(adapter)
     reference, ref_conditions = reference_images(adapter)
     n = n_samples or (600 if quick else 1500)
     t0 = time.perf_counter()
@@ -142,10 +142,12 @@ def bench(out: Out, model: Annotated[str | None, Opt("model folder with a traini
     return result
 
 
-def write_prompt_bench(out, result: dict, runs) -> None:
-    """The prompt-level bench's files (first seed's figures)."""
+def write_prompt_bench(out, result: dict, runs, prompts) -> None:
+    """The prompt-level bench's files (first seed's figures); ``prompts.txt`` lists the prompts, one a
+    line, for ``diffmem audit --prompts``."""
     first = runs[0]
     with output_dir(out) as tmp:
+        (tmp / "prompts.txt").write_text("".join(p + "\n" for p in prompts))
         write_json(tmp / "bench.json", result)
         write_json(tmp / "tuning.json", {str(s): r.tuning for s, r in zip(result["seeds"], runs)})
         (tmp / "bench.md").write_text(bench_table(result) + "\n" + bench_table(

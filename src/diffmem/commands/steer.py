@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from diffmem.bench.data import fashion_mnist_reference
-from diffmem.bench.harness import HYBRID, reference_images, require_record, training_images
+from diffmem.bench.harness import HYBRID, copy_targets, reference_images, require_record
 from diffmem.bench.labels import label_samples
 from diffmem.commands.options import AllowPickle, Device, DType, Guidance, Opt, Out, Quiet, Seed, Steps, listed
 from diffmem.data.images import FASHION_MNIST_CLASSES, load_images
@@ -133,7 +133,7 @@ def steer(out: Out,
         pos, neg, cond=read_cond)
     # candidates, labelled exactly against the training set
     cand = sample_images(adapter, pool_size, conds, guidance, steps, seed=seed, quiet=quiet)
-    lab = label_samples(cand, *training_images(adapter))
+    lab = label_samples(cand, *copy_targets(adapter))
     chosen = {g: np.flatnonzero(lab["memorized"] == (g == "memorized"))[:n_per_group] for g in groups}
     classifier, cmeta = load_classifier(CLASSIFIER) if target is not None else (None, None)
     measure = (f"percentile of the {ATTRIBUTES[attribute][1]} among {len(measure_ref):,} held-out images"

@@ -36,9 +36,12 @@ def share_ci(flags, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> t
 
 def flag_quality(flags, copies) -> dict:
     """Precision and recall of ``flags`` (N,) against exact copy labels ``copies`` (N,) (None when
-    undefined: nothing flagged / no copy), and ``n_copies``."""
+    undefined: nothing flagged / no copy), ``n_copies``, and the false-positive rate on the samples
+    that copy nothing (``fpr_generated_non_copies``: the rate the user meets, next to the one measured
+    on real reference images)."""
     f, c = np.asarray(flags, bool), np.asarray(copies, bool)
     tp = int((f & c).sum())
     return {"precision": tp / int(f.sum()) if f.any() else None,
             "recall": tp / int(c.sum()) if c.any() else None,
-            "n_copies": int(c.sum()), "true_positives": tp}
+            "n_copies": int(c.sum()), "true_positives": tp,
+            "fpr_generated_non_copies": float(f[~c].mean()) if (~c).any() else None}

@@ -117,7 +117,8 @@ class FusionDetector:
     strength, ``fpr`` target false-positive rate, ``folds`` grouped CV folds.
 
     Fitted attributes: ``t_``, ``features_`` (names; ``"residual"`` or a layer), ``mean_``,
-    ``scale_``, ``coef_``, ``intercept_``, ``threshold_``, ``selection_`` (CV AUROC of each step;
+    ``scale_``, ``coef_``, ``intercept_``, ``threshold_``, ``oof_scores_`` (out-of-fold scores of the
+    fitting images, what the threshold is fitted on), ``selection_`` (CV AUROC of each step;
     a feature joins only when its per-fold AUROC gain exceeds two standard errors),
     ``calibration_`` (what the threshold was fitted on).
     """
@@ -196,6 +197,7 @@ class FusionDetector:
         self.features_ = [names[c] for c in chosen]
         m = _Logistic(self.C).fit(X, y, groups)
         self.mean_, self.scale_, self.coef_, self.intercept_ = m.mean_, m.scale_, m.coef_, m.intercept_
+        self.oof_scores_ = oof
         self.threshold_ = fpr_threshold(oof[y == 0], self.fpr)
         self.calibration_ = {"kind": "labelled", "n_negatives": int((y == 0).sum()),
                              "out_of_fold": bool(folds)}

@@ -65,7 +65,30 @@ def detect_family(path: str | os.PathLike) -> str:
     raise DiffmemError(f"{path}: not a model folder (no model_index.json or config.json)")
 
 
+POSITIVE_INT_KEYS = ("sample_size", "in_channels", "out_channels", "latent_channels", "num_class_embeds",
+                     "cross_attention_dim", "patch_size", "num_layers", "hidden_size", "vocab_size",
+                     "num_hidden_layers", "max_position_embeddings", "num_embeds_ada_norm", "layers_per_block")
+
+
+def _positive_ints(value) -> bool:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return len(items) > 0 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in items)
+
+
+def check_config(path: Path) -> None:
+    """Size and count keys of a component's ``config.json`` must be positive integers (or lists of them):
+    a config that would only fail deep inside torch is one error naming the file and the key."""
+    cfg = path / "config.json"
+    if not cfg.exists():
+        return
+    data = _read(cfg)
+    for key in POSITIVE_INT_KEYS:
+        if data.get(key) is not None and not _positive_ints(data[key]):
+            raise DiffmemError(f"{cfg}: {key} {data[key]!r}: must be a positive integer")
+
+
 def _component(cls, path: Path, allow_pickle: bool, **kw):
+    check_config(path)
     try:
         return cls.from_pretrained(path, local_files_only=True,
                                    **({} if allow_pickle else {"use_safetensors": True}), **kw)
@@ -81,8 +104,21 @@ def _scheduler(path: Path):
     for cfg in (path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json"):
         if cfg.exists():
             config = _read(cfg)
-            cls = getattr(diffusers, config.get("_class_name", "DDPMScheduler"), diffusers.DDPMScheduler)
-            return cls.from_config(config)
+            name = config.get("_class_name", "DDPMScheduler")
+            cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+            check(isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin),
+                  f"{cfg}: unknown scheduler class {name!r}")
+            steps = config.get("num_train_timesteps", 1000)
+            check(_positive_ints(steps) and not isinstance(steps, list) and steps >= 2,
+                  f"{cfg}: num_train_timesteps {steps!r}: must be an integer >= 2")
+            for key in ("beta_start", "beta_end"):
+                v = config.get(key)
+                check(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1),
+                      f"{cfg}: {key} {v!r}: must be a number in (0, 1)")
+            try:
+                return cls.from_config(config)
+            except (TypeError, ValueError, KeyError) as exc:
+                raise DiffmemError(f"{cfg}: invalid scheduler config ({type(exc).__name__}: {exc})") from None
     return None
 
 

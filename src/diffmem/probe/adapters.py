@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from diffmem.errors import DiffmemError, check
+from diffmem.errors import DiffmemError, check, check_fits
 from diffmem.probe.capture import count_calls, output_shapes
 
 Generators = Sequence[torch.Generator]
@@ -169,11 +169,17 @@ class Adapter:
         """Conditioning for a batch of class labels (class-conditional) or prompts (text-to-image)."""
         raise DiffmemError(f"{self.family}: this model takes no condition")
 
+    def check_count(self, n: int) -> None:
+        """Refuse, before any allocation, n samples whose latents and images alone would not fit in memory."""
+        per = math.prod(self.latent_shape) + self.image_channels * self.image_size ** 2
+        check_fits(4.0 * n * per + 64.0 * n, f"n={n} samples of {'×'.join(map(str, self.latent_shape))}")
+
     def conditions(self, n: int, classes: Sequence[int] | None = None,
                    prompts: Sequence[str] | None = None) -> list | None:
         """n condition values (cycled) for sampling: class labels (default: every class in turn),
         prompts (default: None = unconditional), or None for unconditional models. Wrong kinds and
         out-of-range classes are errors naming the flag."""
+        self.check_count(n)
         kind = self.condition_kind
         if classes is not None:
             check(kind == "class", f"--classes: this {self.family} model is not class-conditional")
@@ -208,7 +214,9 @@ class Adapter:
     # -- layers ---------------------------------------------------------------------------
     def dummy_forward(self) -> Callable[[], object]:
         """A zero-argument callable running one batch-1 forward on a zero input."""
-        z = torch.zeros(1, *self.latent_shape, device=self.device, dtype=self.dtype)
+        x = torch.zeros(1, self.image_channels, self.image_size, self.image_size, device=self.device)
+        with torch.no_grad():
+            z = self.prepare(x)                                  # model space, whatever prepare does
         return lambda: self.denoise(z, self.default_t, self.null_condition(1))
 
     @cached_property
@@ -502,15 +510,18 @@ class TheoryAdapter(Adapter):
 class CustomAdapter(Adapter):
     """Any ``nn.Module`` with a user call ``forward(module, z_t, t, cond) → output``.
 
-    ``prepare`` defaults to the identity and noising to z + t·ε (t a noise level).
+    ``prepare`` defaults to the identity and noising to z + t·ε (t a noise level); ``latent_shape``
+    (one model-space input's shape, e.g. ``(1024,)`` for a flattening ``prepare``) defaults to the
+    shape ``prepare`` gives a zero image.
     """
 
     family = "custom"
 
     def __init__(self, module: nn.Module, forward: Callable, image_size: int, image_channels: int,
                  default_layer: str, prepare: Callable | None = None, default_t: float = 0.1,
-                 default_pool: str = "auto"):
+                 default_pool: str = "auto", latent_shape: tuple[int, ...] | None = None):
         super().__init__()
+        self._latent_shape = None if latent_shape is None else tuple(int(v) for v in latent_shape)
         self.denoiser = module.eval()
         self._forward, self._prepare = forward, prepare
         self.image_size, self.image_channels = image_size, image_channels
@@ -519,6 +530,14 @@ class CustomAdapter(Adapter):
     @property
     def default_layer(self) -> str:
         return self._default_layer
+
+    @property
+    def latent_shape(self):
+        if self._latent_shape is None:
+            with torch.no_grad():
+                zero = torch.zeros(1, self.image_channels, self.image_size, self.image_size, device=self.device)
+                self._latent_shape = tuple(self.prepare(zero).shape[1:])
+        return self._latent_shape
 
     def prepare(self, x):
         x = x.to(self.device)

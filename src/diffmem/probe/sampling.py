@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from diffmem.errors import check
+from diffmem.errors import DiffmemError, check
 from diffmem.outputs import progress
 from diffmem.probe.adapters import Adapter
 from diffmem.probe.represent import generators
@@ -58,8 +58,10 @@ def sample(adapter: Adapter, n: int, conditions: Sequence | None = None, guidanc
     unconditional / null). ``indices`` (n,) name the samples whose noise to use (default 0…n−1):
     sample j of one call equals sample j of any other call with the same seed, steps and condition.
     """
-    check(n >= 1, f"--n {n}: must be >= 1")
-    check(batch_size >= 1, f"--batch-size {batch_size}: must be >= 1")
+    check(n >= 1, f"n={n}: must be >= 1")
+    check(batch_size >= 1, f"batch_size={batch_size}: must be >= 1")
+    adapter.check_count(n)
+    batch_size = min(batch_size, n)
     check(sampler in ("ddim", "ddpm"), f"--sampler {sampler!r}: 'ddim' or 'ddpm'")
     check(guidance == guidance and 0 <= guidance < float("inf"), f"--guidance {guidance}: must be finite and >= 0")
     eta = 0.0 if sampler == "ddim" else 1.0
@@ -78,6 +80,9 @@ def sample(adapter: Adapter, n: int, conditions: Sequence | None = None, guidanc
             eps = guided_eps(adapter, x, t, cond, guidance)
             noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x) if plan.eta else None
             x = plan.step(eps, k, x, noise)
+            if not bool(torch.isfinite(x).all()):
+                raise DiffmemError(f"guidance {guidance:g} made the samples non-finite at step {k + 1} of {steps}; "
+                                   f"nothing was written")
             bar.update(len(idx))
         out.append(x.float().cpu())
     bar.close()

@@ -51,8 +51,9 @@ def plot_weights(panels: dict[str, tuple[ReLUDAE, torch.Tensor]], shape: tuple[i
         fig, ax = plt.subplots(figsize=(8, 1.0 + 1.0 * (-(-len(keep) // 16))))
         show_images(ax, cols, ncol=16, title=f"{name}: {len(keep)} largest weight columns (of {W.shape[1]})")
         paths.append(save(fig, out / f"weights_{name}.png"))
-        h = model.hidden(X[:4].float()).detach().numpy()                 # (4, p)
-        fig, axes = plt.subplots(1, 4, figsize=(12, 2.4))
+        h = model.hidden(X[:4].float()).detach().numpy()                 # (k ≤ 4, p)
+        fig, axes = plt.subplots(1, len(h), figsize=(3 * len(h), 2.4), squeeze=False)
+        axes = axes[0]
         for i, ax in enumerate(axes):
             ax.bar(np.arange(h.shape[1]), h[i], color="tab:red" if "memor" in name else "tab:blue")
             ax.set_title(f"{name}: training image {i}", fontsize=8)
