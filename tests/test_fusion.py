@@ -77,3 +77,30 @@ def test_unfitted_and_bad_saved_detectors_fail_clearly(adapter, tmp_path):
         FusionDetector.load(tmp_path / "bad", adapter)
     with pytest.raises(DiffmemError, match="fpr"):
         FusionDetector(adapter, fpr=0)
+
+
+def test_shipped_hybrid_detector_is_refused_on_a_theory_model(tmp_path):
+    """Its t = 10… are diffusers timesteps; on a theory model they would be read as σ = 10…"""
+    import torch
+    from diffmem.bench.harness import HYBRID
+    from diffmem.models import load_adapter
+    from diffmem.models.load import save_theory_model
+    from diffmem.theory.diffusion import ReLUDiffusion
+    theory = load_adapter(save_theory_model(ReLUDiffusion(256, 16, generator=torch.Generator().manual_seed(0)),
+                                            (1, 16, 16), tmp_path / "theory"))
+    with pytest.raises(DiffmemError, match="fitted on a unet2d model, not applicable to this theory model"):
+        FusionDetector.load(HYBRID / "detector", theory)
+    assert FusionDetector.load(HYBRID / "detector", load_adapter(HYBRID)).features_
+
+
+@pytest.mark.parametrize("field", ["threshold", "intercept"])
+def test_non_finite_saved_detector_is_refused(adapter, tmp_path, field):
+    import shutil
+    from diffmem.bench.harness import HYBRID
+    from diffmem.models import load_adapter
+    shutil.copytree(HYBRID / "detector", tmp_path / "d")
+    meta = json.loads((tmp_path / "d" / "detector.json").read_text())
+    meta[field] = float("nan")
+    (tmp_path / "d" / "detector.json").write_text(json.dumps(meta))
+    with pytest.raises(DiffmemError, match="non-finite"):
+        FusionDetector.load(tmp_path / "d", load_adapter(HYBRID))

@@ -229,6 +229,11 @@ def _corpus(root):
     cases.append(("steer_without_record", ["steer", str(model), "--concept", str(imgs)]))
     cases.append(("audit_without_reference", ["audit", str(model), "--n", "2"]))
     cases.append(("sample_huge_n", ["sample", str(model), "--n", "1000000000000"]))
+    cases.append(("monitor_never_runs", ["train", "--steps", "100", "--monitor"]))
+    narrow = SAVERS["unet2d"](root / "narrow", seed=0, widths=(8, 16))
+    cases.append(("monitor_mixed_architectures", ["monitor", str(model), str(narrow)]))
+    small = SAVERS["unet2d"](root / "small", seed=0, sample_size=8)
+    cases.append(("monitor_mixed_sizes", ["monitor", str(model), str(small)]))
     cases.append(("audit_huge_n", ["audit", str(model), "--n", "1000000000000", "--reference", str(imgs)]))
     cases.append(("audit_bad_input_range", ["audit", str(model), "--images", str(root / "floats255.npy"),
                                             "--reference", str(imgs), "--input-range", "5,1"]))
@@ -255,6 +260,8 @@ def test_corpus_of_malformed_inputs(corpus, capsys):
         assert "Traceback" not in captured.err and not out.exists(), name
         if name == "pickle_weights":
             assert "--allow-pickle" in lines[0]
+        if name.startswith("monitor_mixed"):
+            assert "not a checkpoint of the same model" in lines[0], lines[0]
         if name == "missing_unet":
             assert "unet" in lines[0] and "hub" not in lines[0].lower()
         if name == "float_array_0_255":

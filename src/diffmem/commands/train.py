@@ -58,7 +58,10 @@ def train(out: Out,
                                   held_out=held_out, vae_steps=vae_steps, check_every=check_every)
         return train_t2i(out, cfg, seed=seed, quiet=quiet)
     s = {k: PIXEL_DEFAULTS[k] if v is None else v for k, v in given.items()}
-    callback = TrainingCallback(checkpoint_every or MONITOR_EVERY, seed=seed, quiet=quiet) if monitor else None
+    every = checkpoint_every or MONITOR_EVERY
+    check(not monitor or every <= s["steps"], f"--monitor: it measures every {every} steps, more than --steps "
+                                              f"{s['steps']}, so it would never run; lower --checkpoint-every")
+    callback = TrainingCallback(every, seed=seed, quiet=quiet) if monitor else None
     return train_unet(out, data=data, size=s["size"], distinct=s["distinct"], dup="" if s["dup"] == "none" else s["dup"],
                       steps=s["steps"], batch_size=s["batch_size"], lr=lr, label_dropout=label_dropout, config=config,
                       seed=seed, checkpoint_every=checkpoint_every, callback=callback, quiet=quiet)

@@ -231,7 +231,8 @@ class FusionDetector:
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """``path/detector.json`` (settings, features, threshold) + ``path/detector.safetensors`` (weights)."""
+        """``path/detector.json`` (settings, features, threshold, the model family) + ``path/detector.safetensors``
+        (weights)."""
         from safetensors.numpy import save_file
         self._check_fitted()
         path = Path(path)
@@ -240,7 +241,7 @@ class FusionDetector:
             "kind": "FusionDetector", "params": {k: v for k, v in self.get_params().items()},
             "t": self.t_, "features": self.features_, "intercept": self.intercept_,
             "threshold": self.threshold_, "fpr": self.fpr, "calibration": self.calibration_,
-            "selection": self.selection_, "pool": self.adapter.default_pool})
+            "selection": self.selection_, "pool": self.adapter.default_pool, "family": self.adapter.family})
         save_file({"mean": np.asarray(self.mean_, np.float64), "scale": np.asarray(self.scale_, np.float64),
                    "coef": np.asarray(self.coef_, np.float64)}, str(path / "detector.safetensors"))
         return path
@@ -265,6 +266,13 @@ class FusionDetector:
             raise DiffmemError(f"--detector {path}: not a saved detector ({type(exc).__name__}: {exc})") from None
         check(len(det.coef_) == len(det.features_) == len(det.mean_),
               f"--detector {path}: weights and features disagree")
+        numbers = np.r_[det.coef_, det.mean_, det.scale_, det.intercept_, det.threshold_]
+        check(bool(np.isfinite(numbers).all()) and bool((det.scale_ > 0).all()),
+              f"--detector {path}: non-finite weights, scale or threshold")
+        family = meta.get("family")
+        check(family in (None, adapter.family),
+              f"--detector {path}: fitted on a {family} model, not applicable to this {adapter.family} model "
+              f"(its timestep convention and layers differ)")
         for name in det.features_:
             if name != RESIDUAL:
                 parse_layer(name, adapter.denoiser)

@@ -122,6 +122,18 @@ def _scheduler(path: Path):
     return None
 
 
+def architecture(path: str | os.PathLike) -> dict:
+    """What must agree between checkpoints of one run: the family and the denoiser's config (its
+    ``config.json`` without the ``_``-prefixed bookkeeping keys)."""
+    path = Path(path)
+    family = detect_family(path)
+    for sub in ("unet", "transformer", "."):
+        if (path / sub / "config.json").exists():
+            cfg = _read(path / sub / "config.json")
+            return {"family": family, **{k: v for k, v in cfg.items() if not k.startswith("_")}}
+    return {"family": family}
+
+
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

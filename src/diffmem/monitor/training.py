@@ -69,7 +69,8 @@ def _is_model(folder: Path) -> bool:
 def checkpoint_folders(paths: Sequence[str | Path]) -> list[tuple[Path, int]]:
     """(model folder, training step) pairs from ``paths``, sorted by step: each path is a model
     folder (it has ``model_index.json`` or ``config.json``) or a folder of them (e.g.
-    ``checkpoints/``). A lone folder with no step is step 0."""
+    ``checkpoints/``). A lone folder with no step is step 0. Every checkpoint must be of one model:
+    one family and one denoiser config (architecture, image size)."""
     out = []
     for p in map(Path, paths):
         check(p.is_dir(), f"{p}: not a folder")
@@ -79,6 +80,12 @@ def checkpoint_folders(paths: Sequence[str | Path]) -> list[tuple[Path, int]]:
         kids = sorted(c for c in p.iterdir() if c.is_dir() and _is_model(c))
         check(bool(kids), f"{p}: neither a model folder nor a folder of checkpoints")
         out.extend(kids)
+    from diffmem.models.load import architecture
+    first = architecture(out[0])
+    for f in out[1:]:
+        other = architecture(f)
+        diff = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
+        check(not diff, f"{f}: not a checkpoint of the same model as {out[0]} ({', '.join(diff[:4])} differ)")
     steps = [checkpoint_step(f) for f in out]
     bad = [f for f, s in zip(out, steps) if s is None]
     check(len(out) == 1 or not bad, f"{bad[0] if bad else ''}: no global_step in diffmem.json and no step number "
