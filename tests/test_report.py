@@ -70,13 +70,10 @@ def test_report_errors(tmp_path):
     assert not (tmp_path / "report.html").exists()
 
 
-@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="headless Chromium test skipped: chromium/chromedriver "
-                    "not installed (apt-get install chromium chromium-driver; `make test` does this where apt exists)")
-def test_report_in_headless_chromium(results, tmp_path):
+def _chrome(tmp_path):
     pytest.importorskip("selenium", reason="selenium not installed (pip install -e '.[test]')")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    path = build_report(results)
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -84,17 +81,41 @@ def test_report_in_headless_chromium(results, tmp_path):
                  f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
+    return webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
+
+
+def _verdict_on_first_screen(driver) -> str:
+    box = driver.execute_script("const r = document.getElementById('verdict').getBoundingClientRect();"
+                                "return [r.top, r.bottom, window.innerHeight];")
+    assert 0 <= box[0] < box[1] <= box[2], box
+    return driver.find_element("id", "verdict").text
+
+
+@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="headless Chromium test skipped: chromium/chromedriver "
+                    "not installed (apt-get install chromium chromium-driver; `make test` does this where apt exists)")
+def test_audit_writes_its_own_page_with_the_verdict_first(results, tmp_path):
+    page = results / "audit" / "report.html"
+    assert page.exists()                                   # written by `diffmem audit` itself
+    driver = _chrome(tmp_path)
+    try:
+        driver.get(page.as_uri())
+        assert "look memorized" in _verdict_on_first_screen(driver)
+        assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        driver.quit()
+
+
+@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="headless Chromium test skipped: chromium/chromedriver "
+                    "not installed (apt-get install chromium chromium-driver; `make test` does this where apt exists)")
+def test_report_in_headless_chromium(results, tmp_path):
+    path = build_report(results)
+    driver = _chrome(tmp_path)
     try:
         driver.get(path.as_uri())
         assert driver.execute_script("return document.readyState") == "complete"
         n_images = driver.execute_script("return Array.from(document.images).filter(i => i.naturalWidth > 0).length")
         assert n_images >= 6
-        # the verdict is visible on the first screen
-        box = driver.execute_script("const r = document.getElementById('verdict').getBoundingClientRect();"
-                                    "return [r.top, r.bottom, window.innerHeight];")
-        assert 0 <= box[0] < box[1] <= box[2], box
-        assert "look memorized" in driver.find_element("id", "verdict").text
+        assert "look memorized" in _verdict_on_first_screen(driver)      # the verdict on the first screen
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
         urls = []
