@@ -230,6 +230,8 @@ def _corpus(root):
     cases.append(("audit_without_reference", ["audit", str(model), "--n", "2"]))
     cases.append(("sample_huge_n", ["sample", str(model), "--n", "1000000000000"]))
     cases.append(("monitor_never_runs", ["train", "--steps", "100", "--monitor"]))
+    cases.append(("sd_with_pixel_data", ["train", "--family", "sd", "--data", str(imgs)]))
+    cases.append(("pixel_with_sd_option", ["train", "--vae-steps", "10"]))
     narrow = SAVERS["unet2d"](root / "narrow", seed=0, widths=(8, 16))
     cases.append(("monitor_mixed_architectures", ["monitor", str(model), str(narrow)]))
     small = SAVERS["unet2d"](root / "small", seed=0, sample_size=8)

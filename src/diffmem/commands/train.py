@@ -49,8 +49,13 @@ def train(out: Out,
     (sd) folder + ``diffmem.json`` (the training record)."""
     check_out(out)
     given = {"size": size, "distinct": distinct, "dup": dup, "steps": steps, "batch_size": batch_size}
+    sd_only = {"--single": single != T2IConfig.single, "--held-out": held_out != T2IConfig.held_out,
+               "--vae-steps": vae_steps != T2IConfig.vae_steps, "--check-every": check_every != T2IConfig.check_every}
+    pixel_only = {"--data": data != "fashion-mnist", "--config": config != "bench-s", "--monitor": monitor,
+                  "--checkpoint-every": checkpoint_every != 0}
+    unused = [f for f, given_ in (pixel_only if family == "sd" else sd_only).items() if given_]
+    check(not unused, f"{', '.join(unused)}: not an option of --family {family}")
     if family == "sd":
-        check(not monitor and not checkpoint_every, "--monitor/--checkpoint-every: not yet available with --family sd")
         s = {k: SD_DEFAULTS[k] if v is None else v for k, v in given.items()}
         cfg = dataclasses.replace(T2IConfig(), size=s["size"], generic=s["distinct"],
                                   dup="" if s["dup"] == "none" else s["dup"], steps=s["steps"],
