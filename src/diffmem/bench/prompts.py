@@ -210,7 +210,8 @@ def prompt_bench_seed(adapter: Adapter, train_rt: torch.Tensor, copies: np.ndarr
     y = y_all[bench_gen]
     check(y.sum() >= 4 and (1 - y).sum() >= 4,
           f"seed {seed}: only {int(y.sum())} copies among {len(y)} generations: too few to benchmark")
-    group = prompt_groups(len(ps), gen_prompt, lab["memorized"], lab["nearest_item"], item)[gen_prompt]
+    prompt_group = prompt_groups(len(ps), gen_prompt, lab["memorized"], lab["nearest_item"], item)   # (P,)
+    group = prompt_group[gen_prompt]                                              # (G,)
     calib_b = grouped_split(y, group[bench_gen], cfg.calib_frac, seed)
     cal, rep, ref_idx = bench_gen[calib_b], bench_gen[~calib_b], np.flatnonzero(ref_gen)
     check(0 < y_all[cal].sum() < len(cal) and 0 < y_all[rep].sum() < len(rep),
@@ -270,9 +271,7 @@ def prompt_bench_seed(adapter: Adapter, train_rt: torch.Tensor, copies: np.ndarr
     prompt_frame = pd.DataFrame({"seed": seed, "prompt_index": np.arange(len(ps)), "prompt": ps.prompts,
                                  "kind": kind, "item": item, "copies": ps.copies, "strength": strength,
                                  "own_copy_share": per_prompt(lab["own_copy"].astype(float), gen_prompt, len(ps)),
-                                 "group": prompt_groups(len(ps), gen_prompt, lab["memorized"], lab["nearest_item"],
-                                                        item),
-                                 "split": [split[np.flatnonzero(gen_prompt == p)[0]] for p in range(len(ps))],
+                                 "group": prompt_group, "split": split[::cfg.k],    # one side per prompt
                                  **{f"score_{n}": per_prompt(np.nan_to_num(v), gen_prompt, len(ps))
                                     for n, v in gen_scores.items()}})
     counts = {"calibration": {"copies": int(y_all[cal].sum()), "non_copies": int(len(cal) - y_all[cal].sum()),
