@@ -4,13 +4,14 @@ and one seed of the protocol (:mod:`diffmem.bench.protocol`) over every method a
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
 from diffmem.bench.data import ASSETS, record_channels, record_reference_images, record_training_images
-from diffmem.bench.labels import label_samples
+from diffmem.bench.labels import COPY_RATIO, label_samples
 from diffmem.bench.protocol import (aggregate, batches, evaluate_report, grouped_split, score_settings,
                                     split_overlap, summarize, thresholds, timed_against, tune)
 from diffmem.detect.detector import candidate_layers, image_keys
@@ -26,7 +27,8 @@ from diffmem.probe.sampling import sample_images
 HYBRID = ASSETS / "bench" / "hybrid"
 DETECTOR = "fusion"      # the name of our shipped detector's method row
 
-__all__ = ["DETECTOR", "HYBRID", "aggregate", "bench_seed", "copy_targets", "reference_images", "require_record",
+__all__ = ["DETECTOR", "HYBRID", "ImageBench", "aggregate", "bench_seed", "copy_targets", "image_bench",
+           "reference_images", "require_record",
            "summarize", "training_images"]
 
 
@@ -148,6 +150,46 @@ def bench_seed(adapter: Adapter, train: torch.Tensor, copies: np.ndarray, refere
               "sample_seconds": sample_seconds}
     return {"results": results, "tuning": tuning, "frame": frame, "counts": counts, "detector": det,
             "x": x, "lab": lab, "calib": calib, "scores": report_scores}
+
+
+@dataclass(frozen=True)
+class ImageBench:
+    """Settings of the image-level bench: ``n`` samples per seed, DDIM ``steps`` at ``guidance``,
+    calibration share ``calib_frac``, target ``fpr``, ``batch_size``."""
+
+    n: int = 1500
+    guidance: float = 1.0
+    steps: int = 50
+    calib_frac: float = 0.5
+    fpr: float = 0.01
+    batch_size: int = 256
+
+
+def image_bench(adapter: Adapter, seeds: list[int], cfg: ImageBench = ImageBench(), prompts=None,
+                quiet: bool = False) -> tuple[dict, list[dict], torch.Tensor]:
+    """:func:`bench_seed` over ``seeds``: (the ``bench.json`` object without ``model``, the per-seed
+    results, the copy targets (M, C, H, W) the samples were labelled against)."""
+    train, copies = copy_targets(adapter)
+    reference, ref_conditions = reference_images(adapter)
+    t0 = time.perf_counter()
+    runs = [bench_seed(adapter, train, copies, reference, ref_conditions, cfg.n, cfg.guidance, cfg.steps,
+                       cfg.calib_frac, cfg.fpr, cfg.batch_size, s, quiet, prompts=prompts) for s in seeds]
+    result = {
+        "seeds": list(seeds), "detector": DETECTOR,
+        "split": {"grouped_by": "nearest_training_image", "overlap": max(r["counts"]["overlap"] for r in runs),
+                  "calibration_fraction": cfg.calib_frac, "stratified_by": "group holds a memorized sample",
+                  "per_seed": [{k: r["counts"][k] for k in ("calibration", "report", "overlap")} for r in runs]},
+        "methods": aggregate([r["results"] for r in runs]),
+        "n_memorized": summarize([r["counts"]["n_memorized"] for r in runs]),
+        "memorized_copies_duplicated": summarize([r["counts"]["memorized_copies_duplicated"] for r in runs]),
+        "sample_seconds": summarize([r["counts"]["sample_seconds"] for r in runs]),
+        "guidance": cfg.guidance, "sampler": "ddim", "steps": cfg.steps, "n_samples": cfg.n, "fpr": cfg.fpr,
+        "copy_ratio": COPY_RATIO, "t_candidates": list(T_CANDIDATES),
+        "n_reference": {"nemo_statistics": len(reference) // 2,
+                        "unlabelled_threshold": len(reference) - len(reference) // 2},
+        "seconds": time.perf_counter() - t0,
+    }
+    return result, runs, train
 
 
 @torch.no_grad()

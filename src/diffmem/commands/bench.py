@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Annotated
 
 import numpy as np
 import pandas as pd
 
-from diffmem.bench.harness import (DETECTOR, HYBRID, aggregate, bench_seed, copy_targets, reference_images,
-                                   require_record, summarize)
-from diffmem.bench.labels import COPY_RATIO, label_samples
+from diffmem.bench.harness import DETECTOR, HYBRID, ImageBench, copy_targets, image_bench, require_record
+from diffmem.bench.labels import label_samples
 from diffmem.bench.prompts import PromptBench, prompt_bench
 from diffmem.commands.options import (AllowPickle, BatchSize, Classes, Device, DType, Guidance, Model, Opt, Out,
                                       Prompts, Quiet, Seed, Steps, listed, read_prompts)
 from diffmem.detect.evaluation import plot_kde, plot_roc
-from diffmem.detect.methods import T_CANDIDATES
 from diffmem.errors import check
 from diffmem.models import load_adapter
 from diffmem.outputs import check_out, output_dir, write_json
@@ -90,64 +87,55 @@ def bench(out: Out, model: Annotated[str | None, Opt("model folder with a traini
     ``prompts.parquet``, ``prompts.txt`` and the ``prompt_methods`` of ``bench.json``.
     """
     check_out(out)
-    seeds = listed(seeds, int, "--seeds")
-    seed_list = list(seeds) if seeds is not None else ([seed] if quick else [seed, seed + 1, seed + 2])
-    check(len(set(seed_list)) == len(seed_list), f"--seeds {seeds}: need distinct seeds")
+    seed_list = _seed_list(seeds, seed, quick)
     prompt_list = read_prompts(prompts)
     adapter = load_adapter(model or HYBRID, allow_pickle, device, dtype)
     require_record(adapter)
     if adapter.condition_kind == "prompt" and adapter.record.captions is not None:
         cfg = PromptBench(generations, 7.5 if guidance is None else guidance, steps, calib_frac, fpr, batch_size)
-        result, runs, ps = prompt_bench(adapter, seed_list, cfg, prompt_list, quiet=quiet)
-        result["model"] = str(model)
-        write_prompt_bench(out, result, runs, ps.prompts)
-        return result
-    guidance = 1.0 if guidance is None else guidance
-    train, copies = copy_targets(adapter)
-    reference, ref_conditions = reference_images(adapter)
-    n = n_samples or (600 if quick else 1500)
-    t0 = time.perf_counter()
-    runs = [bench_seed(adapter, train, copies, reference, ref_conditions, n, guidance, steps, calib_frac, fpr,
-                       batch_size, s, quiet, prompts=prompt_list) for s in seed_list]
+        return write_prompt_bench(out, str(model), *prompt_bench(adapter, seed_list, cfg, prompt_list, quiet=quiet))
+    cfg = ImageBench(n_samples or (600 if quick else 1500), 1.0 if guidance is None else guidance, steps, calib_frac,
+                     fpr, batch_size)
+    result, runs, train = image_bench(adapter, seed_list, cfg, prompt_list, quiet)
+    result["model"] = str(model) if model else "shipped hybrid"
+    write_image_bench(out, result, runs, train)
+    return result
+
+
+def _seed_list(seeds, seed: int, quick: bool) -> list[int]:
+    """``--seeds`` as a list (default SEED,SEED+1,SEED+2; SEED alone with ``--quick``), distinct."""
+    given = listed(seeds, int, "--seeds")
+    out = list(given) if given is not None else ([seed] if quick else [seed, seed + 1, seed + 2])
+    check(len(set(out)) == len(out), f"--seeds {seeds}: need distinct seeds")
+    return out
+
+
+def write_image_bench(out, result: dict, runs: list[dict], train) -> None:
+    """The image-level bench's files (first seed's figures); ``train``: the copy targets (M, C, H, W)."""
     first = runs[0]
-    result = {
-        "seeds": seed_list, "detector": DETECTOR,
-        "split": {"grouped_by": "nearest_training_image", "overlap": max(r["counts"]["overlap"] for r in runs),
-                  "calibration_fraction": calib_frac, "stratified_by": "group holds a memorized sample",
-                  "per_seed": [{k: r["counts"][k] for k in ("calibration", "report", "overlap")} for r in runs]},
-        "methods": aggregate([r["results"] for r in runs]),
-        "n_memorized": summarize([r["counts"]["n_memorized"] for r in runs]),
-        "memorized_copies_duplicated": summarize([r["counts"]["memorized_copies_duplicated"] for r in runs]),
-        "sample_seconds": summarize([r["counts"]["sample_seconds"] for r in runs]),
-        "model": str(model) if model else "shipped hybrid", "guidance": guidance, "sampler": "ddim",
-        "steps": steps, "n_samples": n, "fpr": fpr, "copy_ratio": COPY_RATIO, "t_candidates": list(T_CANDIDATES),
-        "n_reference": {"nemo_statistics": len(reference) // 2,
-                        "unlabelled_threshold": len(reference) - len(reference) // 2},
-        "seconds": time.perf_counter() - t0,
-    }
     frame = pd.concat([r["frame"] for r in runs], ignore_index=True)
     with output_dir(out) as tmp:
         write_json(tmp / "bench.json", result)
-        write_json(tmp / "tuning.json", {str(s): r["tuning"] for s, r in zip(seed_list, runs)})
+        write_json(tmp / "tuning.json", {str(s): r["tuning"] for s, r in zip(result["seeds"], runs)})
         (tmp / "bench.md").write_text(bench_table(result))
         frame.to_parquet(tmp / "samples.parquet", index=False)
         y0 = first["lab"]["memorized"][~first["calib"]].astype(int)
         plot_roc({k: (v, y0) for k, v in first["scores"].items()}, tmp / "roc.png",
-                 f"report split, seed {seed_list[0]}")
+                 f"report split, seed {result['seeds'][0]}")
         plot_kde(first["scores"][DETECTOR], y0, tmp / "score_kde.png", f"{DETECTOR} score (report split)")
         rep, lab = ~first["calib"], first["lab"]
         plot_top_with_nearest(first["x"][rep], first["scores"][DETECTOR], tmp / "top_memorized.png",
                               f"highest {DETECTOR} scores (report split)", train, lab["nearest"][rep], lab["ratio"][rep])
         first["detector"].save(tmp / "detector")
-    return result
 
 
-def write_prompt_bench(out, result: dict, runs, prompts) -> None:
-    """The prompt-level bench's files (first seed's figures); ``prompts.txt`` lists the prompts, one a
-    line, for ``diffmem audit --prompts``."""
+def write_prompt_bench(out, model: str, result: dict, runs, ps) -> dict:
+    """The prompt-level bench's files (first seed's figures) with ``model`` named in ``bench.json``, which
+    it returns; ``prompts.txt`` lists the prompts ``ps``, one a line, for ``diffmem audit --prompts``."""
+    result = {**result, "model": model}
     first = runs[0]
     with output_dir(out) as tmp:
-        (tmp / "prompts.txt").write_text("".join(p + "\n" for p in prompts))
+        (tmp / "prompts.txt").write_text("".join(p + "\n" for p in ps.prompts))
         write_json(tmp / "bench.json", result)
         write_json(tmp / "tuning.json", {str(s): r.tuning for s, r in zip(result["seeds"], runs)})
         (tmp / "bench.md").write_text(bench_table(result) + "\n" + bench_table(
@@ -162,6 +150,7 @@ def write_prompt_bench(out, result: dict, runs, prompts) -> None:
                               f"highest {DETECTOR} scores (report generations)", first.nearest_x,
                               np.arange(len(first.x)), first.lab["ratio"][rep])
         first.detector.save(tmp / "detector")
+    return result
 
 
 def bench_table(r: dict, level: str = "image level") -> str:

@@ -48,28 +48,46 @@ def train(out: Out,
     """Train a model with a known training set: a ``DDPMPipeline`` (unet2d) or ``StableDiffusionPipeline``
     (sd) folder + ``diffmem.json`` (the training record)."""
     check_out(out)
-    given = {"size": size, "distinct": distinct, "dup": dup, "steps": steps, "batch_size": batch_size}
-    sd_only = {"--single": single != T2IConfig.single, "--held-out": held_out != T2IConfig.held_out,
-               "--vae-steps": vae_steps != T2IConfig.vae_steps, "--check-every": check_every != T2IConfig.check_every}
-    pixel_only = {"--data": data != "fashion-mnist", "--config": config != "bench-s", "--monitor": monitor,
-                  "--checkpoint-every": checkpoint_every != 0}
-    unused = [f for f, given_ in (pixel_only if family == "sd" else sd_only).items() if given_]
-    check(not unused, f"{', '.join(unused)}: not an option of --family {family}")
+    o = dict(locals())                                                 # the options as given
+    _refuse_other_family(family, o)
     if family == "sd":
-        s = {k: SD_DEFAULTS[k] if v is None else v for k, v in given.items()}
-        cfg = dataclasses.replace(T2IConfig(), size=s["size"], generic=s["distinct"],
-                                  dup="" if s["dup"] == "none" else s["dup"], steps=s["steps"],
-                                  batch_size=s["batch_size"], lr=lr, caption_dropout=label_dropout, single=single,
-                                  held_out=held_out, vae_steps=vae_steps, check_every=check_every)
-        return train_t2i(out, cfg, seed=seed, quiet=quiet)
-    s = {k: PIXEL_DEFAULTS[k] if v is None else v for k, v in given.items()}
+        return train_t2i(out, _t2i_config(o), seed=seed, quiet=quiet)
+    s = {k: PIXEL_DEFAULTS[k] if o[k] is None else o[k] for k in PIXEL_DEFAULTS}
+    callback = _monitor(checkpoint_every, s["steps"], seed, quiet) if monitor else None
+    return train_unet(out, data=data, **{**s, "dup": "" if s["dup"] == "none" else s["dup"]}, lr=lr,
+                      label_dropout=label_dropout, config=config, seed=seed, checkpoint_every=checkpoint_every,
+                      callback=callback, quiet=quiet)
+
+
+def _monitor(checkpoint_every: int, steps: int, seed: int, quiet: bool) -> TrainingCallback:
+    """The ``--monitor`` callback, refused when it would never measure within ``steps``."""
     every = checkpoint_every or MONITOR_EVERY
-    check(not monitor or every <= s["steps"], f"--monitor: it measures every {every} steps, more than --steps "
-                                              f"{s['steps']}, so it would never run; lower --checkpoint-every")
-    callback = TrainingCallback(every, seed=seed, quiet=quiet) if monitor else None
-    return train_unet(out, data=data, size=s["size"], distinct=s["distinct"], dup="" if s["dup"] == "none" else s["dup"],
-                      steps=s["steps"], batch_size=s["batch_size"], lr=lr, label_dropout=label_dropout, config=config,
-                      seed=seed, checkpoint_every=checkpoint_every, callback=callback, quiet=quiet)
+    check(every <= steps, f"--monitor: it measures every {every} steps, more than --steps {steps}, so it would "
+                          f"never run; lower --checkpoint-every")
+    return TrainingCallback(every, seed=seed, quiet=quiet)
+
+
+FAMILY_ONLY = {"data": "unet2d", "config": "unet2d", "single": "sd", "held_out": "sd", "vae_steps": "sd",
+               "check_every": "sd", "checkpoint_every": "unet2d", "monitor": "unet2d"}   # in signature order
+
+
+def _refuse_other_family(family: str, options: dict) -> None:
+    """An option of the other family given a value other than its default is an error, not ignored."""
+    import inspect
+    defaults = {k: p.default for k, p in inspect.signature(train).parameters.items()}
+    unused = ["--" + k.replace("_", "-") for k, owner in FAMILY_ONLY.items()
+              if owner != family and options[k] != defaults[k]]
+    check(not unused, f"{', '.join(unused)}: not an option of --family {family}")
+
+
+def _t2i_config(o: dict) -> T2IConfig:
+    """The :class:`T2IConfig` of ``diffmem train --family sd``'s options (None: the config's default)."""
+    s = {k: SD_DEFAULTS[k] if o[k] is None else o[k] for k in SD_DEFAULTS}
+    return dataclasses.replace(T2IConfig(), size=s["size"], generic=s["distinct"],
+                               dup="" if s["dup"] == "none" else s["dup"], steps=s["steps"],
+                               batch_size=s["batch_size"], lr=o["lr"], caption_dropout=o["label_dropout"],
+                               single=o["single"], held_out=o["held_out"], vae_steps=o["vae_steps"],
+                               check_every=o["check_every"])
 
 
 def classifier(out: Out, size: Annotated[int, Opt("image side in pixels", min=4)] = 16,
