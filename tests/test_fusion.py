@@ -104,3 +104,28 @@ def test_non_finite_saved_detector_is_refused(adapter, tmp_path, field):
     (tmp_path / "d" / "detector.json").write_text(json.dumps(meta))
     with pytest.raises(DiffmemError, match="non-finite"):
         FusionDetector.load(tmp_path / "d", load_adapter(HYBRID))
+
+
+def test_a_detector_fitted_on_other_weights_is_refused_unless_allowed(tmp_path):
+    """The shipped hybrid's detector records its model's weights hash; the same architecture with other
+    weights (the memorization model) is refused, naming the flag that overrides it."""
+    from diffmem.bench.harness import HYBRID
+    from diffmem.models import load_adapter
+    from diffmem.models.load import model_fingerprint
+    meta = json.loads((HYBRID / "detector" / "detector.json").read_text())
+    assert meta["model_weights"] == model_fingerprint(HYBRID)
+    other = load_adapter(HYBRID.parent / "memorize")
+    with pytest.raises(DiffmemError, match="fitted on other weights.*--allow-other-model"):
+        FusionDetector.load(HYBRID / "detector", other)
+    assert FusionDetector.load(HYBRID / "detector", other, allow_other_model=True).features_
+
+
+def test_get_params_are_the_constructor_parameters_so_clone_works(adapter):
+    import inspect
+    from sklearn.base import clone
+    det = FusionDetector(adapter, ts=(0.1, 0.2), max_features=2, seed=3)
+    assert set(det.get_params()) == set(inspect.signature(FusionDetector).parameters)
+    twin = clone(det)
+    same = lambda d: {k: v for k, v in d.get_params().items() if k != "adapter"}  # noqa: E731
+    assert twin is not det and type(twin.adapter) is type(adapter) and same(twin) == same(det)  # adapter: deep copy
+    assert not hasattr(twin, "coef_") and twin.set_params(seed=4).seed == 4

@@ -17,7 +17,7 @@ from diffmem.errors import DiffmemError
 from diffmem.models import load_adapter
 from diffmem.models.tiny import SAVERS
 from diffmem.scan import scan
-from diffmem.scan.inputs import iter_inputs
+from diffmem.data.sources import iter_inputs
 from tests.test_probe import write_pngs
 
 
@@ -194,7 +194,7 @@ def test_fatal_error_before_any_part_leaves_nothing(model_dir, tmp_path):
 def test_scan_and_python_api_give_the_same_score_for_the_same_image(model_dir, tmp_path):
     """One image identity: the key of the decoded model-input image seeds the noise in both paths."""
     import torch
-    from diffmem.data.images import load_images
+    from diffmem.data import load_images
     from diffmem.detect import SpikinessDetector
     folder = write_pngs(tmp_path / "same", 6, size=16)
     adapter = load_adapter(model_dir)

@@ -17,7 +17,7 @@ from diffmem.data.images import array_to_model_range, read_image
 from diffmem.detect.evaluation import read_labels
 from diffmem.errors import DiffmemError
 from diffmem.models.tiny import SAVERS
-from diffmem.scan.inputs import iter_inputs
+from diffmem.data.sources import iter_inputs
 from tests.test_probe import write_pngs
 
 

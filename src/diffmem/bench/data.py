@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffmem.data.images import FASHION_MNIST_DIR, load_fashion_mnist, resize_area, to_model_range
+from diffmem.data.images import FASHION_MNIST_DIR, load_fashion_mnist, to_model_input
 from diffmem.errors import DiffmemError, check
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -22,11 +22,11 @@ N_REFERENCE = 1000
 
 
 def fashion_mnist_train(indices, size: int) -> torch.Tensor:
-    """Training-split images at ``indices`` as (N, 1, size, size) in [-1, 1] (area-resized)."""
+    """Training-split images at ``indices`` as (N, 1, size, size) in [-1, 1] (:func:`to_model_input`)."""
     indices = np.asarray(indices, dtype=np.int64)
     if FASHION_MNIST_DIR.is_dir():
         x, _ = load_fashion_mnist("train")
-        return resize_area(torch.from_numpy(x[indices]), size)
+        return torch.from_numpy(to_model_input(x[indices], "fashion-mnist", size))
     check(SUBSET.exists(), f"{FASHION_MNIST_DIR}: Fashion-MNIST not installed and no shipped subset")
     z = np.load(SUBSET)
     pos = {int(i): k for k, i in enumerate(z["train_indices"])}
@@ -34,17 +34,18 @@ def fashion_mnist_train(indices, size: int) -> torch.Tensor:
     if missing:
         raise DiffmemError(f"{SUBSET}: lacks {len(missing)} requested training images; install "
                            f"dataset-fashion-mnist")
-    return resize_area(torch.from_numpy(to_model_range(z["train_images"][[pos[int(i)] for i in indices]])[:, None]), size)
+    return torch.from_numpy(to_model_input(z["train_images"][[pos[int(i)] for i in indices]], str(SUBSET), size))
 
 
 def fashion_mnist_reference(size: int, n: int = N_REFERENCE) -> tuple[torch.Tensor, np.ndarray]:
     """The first n test-split images (never trained on) as (n, 1, size, size) in [-1, 1], and labels."""
     if FASHION_MNIST_DIR.is_dir():
         x, y = load_fashion_mnist("test")
-        return resize_area(torch.from_numpy(x[:n]), size), y[:n]
+        return torch.from_numpy(to_model_input(x[:n], "fashion-mnist:test", size)), y[:n]
     check(SUBSET.exists(), f"{FASHION_MNIST_DIR}: Fashion-MNIST not installed and no shipped subset")
     z = np.load(SUBSET)
-    return resize_area(torch.from_numpy(to_model_range(z["test_images"][:n])[:, None]), size), z["test_labels"][:n].astype(np.int64)
+    return (torch.from_numpy(to_model_input(z["test_images"][:n], str(SUBSET), size)),
+            z["test_labels"][:n].astype(np.int64))
 
 
 def _source(record) -> tuple[np.ndarray, np.ndarray | None]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from diffmem.data import load_fashion_mnist, load_images
-from diffmem.data.images import resize_area
+from diffmem.data.images import to_model_input
 from diffmem.errors import check
 
 
@@ -35,9 +34,8 @@ def load_source(source: str, size: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Images (N, C, size, size) in [-1, 1] and class labels (N,) when the source has them."""
     if source in ("fashion-mnist", "fashion-mnist:train"):
         x, y = load_fashion_mnist("train")
-    else:
-        x, y = load_images(source), None
-    return resize_area(torch.from_numpy(x), size).numpy().astype(np.float32), y
+        return to_model_input(x, source, size), y
+    return load_images(source, size=size), None
 
 
 def build_training_set(images: np.ndarray, labels: np.ndarray | None, distinct: int,

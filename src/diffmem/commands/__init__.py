@@ -20,6 +20,7 @@ COMMANDS = {
     ("bench", "probe"): ("probe:bench_probe", "diffmem bench probe"),
     ("bench", "monitor"): ("monitor:bench_monitor", "diffmem bench monitor --steps 500 --every 500"),
     ("monitor",): ("monitor:monitor", "diffmem monitor models/run/checkpoints --ground-truth --n 500 --out out/monitor"),
+    ("bench", "zoo"): ("bench:zoo", "diffmem bench zoo --seeds 0,1,2 --out out/zoo"),
     ("bench", "scan"): ("probe:bench_scan", "diffmem bench scan --n-images 512"),
     ("audit",): ("audit:audit", "diffmem audit path/to/model --n 1000 --reference heldout/ --fpr 0.01 --out out/audit"),
     ("steer",): ("steer:steer", "diffmem steer --concept Trouser --alphas 0,0.5,1,2 --out out/steer"),

@@ -15,8 +15,9 @@ from diffmem.bench.labels import label_samples
 from diffmem.commands.options import (AllowOutside, AllowPickle, BatchSize, Classes, Device, DType, Guidance,
                                       InputRange, Model, Opt, Out, Prompts, Quiet, Seed, Steps, listed, read_prompts)
 from diffmem.commands.options import input_range as parse_range
-from diffmem.data.images import FASHION_MNIST_CLASSES, image_key, load_images
-from diffmem.detect.audit import calibrate_on_reference, flag_quality, share_ci
+from diffmem.data import FASHION_MNIST_CLASSES, load_images
+from diffmem.data.images import image_key
+from diffmem.detect.audit import CALIBRATIONS, Calibration, calibrate_on_reference, flag_quality, share_ci
 from diffmem.detect.fusion import FusionDetector
 from diffmem.errors import check
 from diffmem.models import load_adapter
@@ -24,7 +25,7 @@ from diffmem.outputs import check_out, output_dir, write_json
 from diffmem.plotting import plot_top_with_nearest, plt, save
 from diffmem.probe.sampling import sample_images
 from diffmem.report import build_report
-from diffmem.scan.inputs import iter_inputs
+from diffmem.data.sources import iter_inputs
 
 DETECTOR_FOLDER = "detector"     # a model folder's own detector (saved by `diffmem bench`), used by default
 
@@ -45,7 +46,9 @@ def _verdict(r: dict) -> str:
     share, lo, hi = r["share_flagged"], *r["share_flagged_ci"]
     text = (f"{r['n_flagged']:,} of {r['n']:,} samples ({100 * share:.1f}%, 95% CI {100 * lo:.1f}–{100 * hi:.1f}%) "
             f"look memorized at a {100 * r['fpr_target']:g}% false-positive rate "
-            f"(realized {100 * r['realized_fpr_reference']:.1f}% on {r['n_reference']:,} {r['calibration']}).")
+            f"(realized {100 * r['realized_fpr_reference']:.1f}% on {r['n_reference']:,} {r['calibration']}"
+            + ("" if r.get("fpr_real_reference") is None else
+               f"; {100 * r['fpr_real_reference']:.1f}% of the real images themselves") + ").")
     if r.get("precision") is not None or r.get("recall") is not None:
         p = "—" if r["precision"] is None else f"{100 * r['precision']:.0f}%"
         rc = "—" if r["recall"] is None else f"{100 * r['recall']:.0f}%"
@@ -72,11 +75,17 @@ def audit(model: Model, out: Out,
           n_reference: Annotated[int, Opt("reference images used at most", min=4, max=100000)] = 1000,
           train: Annotated[str | None, Opt("training images (folder or .npy) to check every sample against "
                                            "(default: the model's training record, if any)", metavar="DIR")] = None,
-          fpr: Annotated[float, Opt("target false-positive rate on real non-training images", above=0,
-                                    max=0.5)] = 0.01,
+          fpr: Annotated[float, Opt("target false-positive rate on the model's samples that copy nothing",
+                                    above=0, max=0.5)] = 0.01,
+          calibration: Annotated[str, Opt("fit the threshold on the reference images as the model regenerates "
+                                          "them from --regenerate-t0 (regenerated), or as they are (reference)",
+                                          choices=CALIBRATIONS)] = Calibration.kind,
+          regenerate_t0: Annotated[int, Opt("regenerated calibration: the timestep the references are "
+                                            "regenerated from", min=1, max=999)] = Calibration.t0,
           detector: Annotated[str | None, Opt("a detector saved by `diffmem bench` (default: MODEL_DIR/detector "
                                               "if present, else the label-free denoising residual)",
                                               metavar="DIR")] = None,
+          allow_other_model: Annotated[bool, Opt("apply a --detector fitted on other model weights")] = False,
           guidance: Guidance = 1.0, steps: Steps = 50, batch_size: BatchSize = 256,
           n_boot: Annotated[int, Opt("bootstrap resamples of the flagged share", min=1)] = 1000,
           input_range: InputRange = None, allow_outside: AllowOutside = False,
@@ -98,15 +107,17 @@ def audit(model: Model, out: Out,
     if generations is not None:
         n = generations * len(prompt_list)
     rng = parse_range(input_range)
+    cal = Calibration(calibration, regenerate_t0, steps)
     adapter = load_adapter(model, allow_pickle, device, dtype)
     # inputs resolved and checked before any expensive work
     ref_prompts = read_prompts(reference_prompts)
     check(ref_prompts is None or (reference is None and images is None),
           "--reference-prompts: not with --reference or --images")
-    calibration = "held-out real images"
+    calibration = cal.describe("held-out real images")
     if ref_prompts is not None:
         ref_conds = adapter.conditions(n_reference, prompts=ref_prompts)
         ref, ref_name = None, reference_prompts
+        cal = Calibration("reference")                     # generations already are the model's renderings
         calibration = f"generations of {len(ref_prompts):,} never-trained prompts"
     elif reference is not None:
         ref = torch.from_numpy(load_images(reference, size=adapter.image_size, channels=adapter.image_channels,
@@ -128,7 +139,8 @@ def audit(model: Model, out: Out,
         train_x, train_name = None, None
     det_dir = Path(detector) if detector is not None else Path(model) / DETECTOR_FOLDER
     if detector is not None or det_dir.is_dir():
-        det, det_source = FusionDetector.load(det_dir, adapter), (detector or f"{DETECTOR_FOLDER}/ of the model")
+        det = FusionDetector.load(det_dir, adapter, allow_other_model)
+        det_source = detector or f"{DETECTOR_FOLDER}/ of the model"
     else:
         det, det_source = FusionDetector.residual_only(adapter, seed=seed), "label-free denoising residual"
     det.batch_size, det.fpr = batch_size, fpr
@@ -141,8 +153,10 @@ def audit(model: Model, out: Out,
     if ref is None:                       # generations of the reference prompts, from noise the samples do not use
         ref = sample_images(adapter, n_reference, ref_conds, guidance, steps, "ddim", seed, batch_size, quiet,
                             indices=range(len(x), len(x) + n_reference))
-    ref_scores = det.score(ref, [image_key(im) for im in ref])
+    null = cal.null_images(adapter, ref, seed, batch_size)
+    ref_scores = det.score(null, [image_key(im) for im in null])
     threshold, realized = calibrate_on_reference(ref_scores, fpr, seed)
+    real_fpr = float((det.score(ref, [image_key(im) for im in ref]) > threshold).mean()) if null is not ref else None
     scores = det.score(x, [image_key(im) for im in x])
     flags = scores > threshold
     share, lo, hi = share_ci(flags, n_boot, seed=seed)
@@ -151,7 +165,9 @@ def audit(model: Model, out: Out,
                           "score": scores, "flagged": flags})
     result = {"n": len(x), "n_flagged": int(flags.sum()), "share_flagged": share, "share_flagged_ci": [lo, hi],
               "threshold": threshold, "fpr_target": fpr, "realized_fpr_reference": realized,
-              "n_reference": len(ref), "calibration": calibration, "detector": {"source": det_source, "t": det.t_, "features": det.features_},
+              "fpr_real_reference": real_fpr, "n_reference": len(ref), "calibration": calibration,
+              "calibration_settings": {"kind": cal.kind, "t0": cal.t0 if cal.kind == "regenerated" else None,
+                                       "steps": cal.steps}, "detector": {"source": det_source, "t": det.t_, "features": det.features_},
               "model": str(model), "images": images, "reference": ref_name, "train": train_name,
               "sampled": images is None, "guidance": guidance if images is None else None,
               "steps": steps if images is None else None, "seed": seed}
@@ -171,7 +187,7 @@ def audit(model: Model, out: Out,
         if images is None:
             _write_pngs(x, tmp / "images")
         frame.to_parquet(tmp / "flags.parquet", index=False)
-        _plot_scores(scores, ref_scores, threshold, fpr, tmp / "audit_scores.png")
+        _plot_scores(scores, ref_scores, threshold, fpr, calibration, tmp / "audit_scores.png")
         top = scores.argsort()[::-1][:12]
         plot_top_with_nearest(x, scores, tmp / "top_flagged.png",
                               "highest-scoring samples" + (" (flagged)" if flags[top].all() else ""), train_x,
@@ -209,11 +225,11 @@ def _write_pngs(x: torch.Tensor, folder: Path) -> None:
         Image.fromarray(px[0] if px.shape[0] == 1 else px.transpose(1, 2, 0)).save(folder / f"{j:05d}.png")
 
 
-def _plot_scores(scores, ref_scores, threshold, fpr, path):
+def _plot_scores(scores, ref_scores, threshold, fpr, what, path):
     fig, ax = plt.subplots(figsize=(6.4, 3.2))
     lo, hi = np.percentile(np.r_[scores, ref_scores], [0.5, 99.5])
     bins = np.linspace(lo, hi, 50)
-    ax.hist(ref_scores, bins=bins, density=True, alpha=0.5, color="tab:blue", label="held-out real images")
+    ax.hist(ref_scores, bins=bins, density=True, alpha=0.5, color="tab:blue", label=what)
     ax.hist(scores, bins=bins, density=True, alpha=0.5, color="tab:red", label="audited samples")
     ax.axvline(threshold, color="k", ls="--", lw=1.2, label=f"threshold ({100 * fpr:g}% FPR)")
     ax.set_xlabel("memorization score (higher = more likely memorized)")

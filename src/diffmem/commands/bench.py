@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -11,6 +12,7 @@ import pandas as pd
 from diffmem.bench.harness import DETECTOR, HYBRID, ImageBench, copy_targets, image_bench, require_record
 from diffmem.bench.labels import label_samples
 from diffmem.bench.prompts import PromptBench, prompt_bench
+from diffmem.bench.zoo import ZOO, ZooBench, plot_zoo, zoo_bench, zoo_table
 from diffmem.commands.options import (AllowPickle, BatchSize, Classes, Device, DType, Guidance, Model, Opt, Out,
                                       Prompts, Quiet, Seed, Steps, listed, read_prompts)
 from diffmem.detect.evaluation import plot_kde, plot_roc
@@ -164,3 +166,29 @@ def bench_table(r: dict, level: str = "image level") -> str:
     return "\n".join(lines) + "\n"
 
 
+
+
+def zoo(out: Out, models: Annotated[str | None, Opt(f"comma-separated zoo models (default: all of "
+                                                    f"{', '.join(ZOO)}) or model folders with a training record",
+                                                    list_of=str)] = None,
+        seeds: Annotated[str | None, Opt("comma-separated seeds (default SEED,SEED+1,SEED+2)", list_of=int)] = None,
+        n: Annotated[int, Opt("samples per seed (pixel models)", min=16)] = ZooBench.n,
+        fpr: Annotated[float, Opt("target false-positive rate", above=0, max=0.5)] = ZooBench.fpr,
+        steps: Steps = ZooBench.steps, batch_size: BatchSize = ZooBench.batch_size,
+        seed: Seed = 0, quiet: Quiet = False) -> dict:
+    """Every label-free score on every zoo model, with every threshold calibration, over seeds
+    (:mod:`diffmem.bench.zoo`). Writes ``zoo.json``, ``zoo.md``, ``zoo_scores.parquet`` (every image's
+    scores) and ``zoo_auroc.png``."""
+    check_out(out)
+    names = listed(models, str, "--models") or list(ZOO)
+    folders = {m: ZOO.get(m, m) for m in names}
+    for m, f in folders.items():
+        check(Path(f).is_dir(), f"--models {m}: neither a zoo model ({', '.join(ZOO)}) nor a folder")
+    result, frame = zoo_bench(folders, _seed_list(seeds, seed, False),
+                              ZooBench(n=n, fpr=fpr, steps=steps, batch_size=batch_size), quiet)
+    with output_dir(out) as tmp:
+        write_json(tmp / "zoo.json", result)
+        (tmp / "zoo.md").write_text(zoo_table(result))
+        frame.to_parquet(tmp / "zoo_scores.parquet", index=False)
+        plot_zoo(result, tmp / "zoo_auroc.png")
+    return result

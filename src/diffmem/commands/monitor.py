@@ -7,7 +7,7 @@ from typing import Annotated
 import torch
 
 from diffmem.commands.options import AllowPickle, Device, DType, Opt, Out, Quiet, Seed
-from diffmem.data.images import load_images
+from diffmem.data import load_images
 from diffmem.errors import check
 from diffmem.models.load import load_adapter
 from diffmem.monitor.bench import overhead

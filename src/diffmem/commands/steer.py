@@ -14,7 +14,7 @@ from diffmem.bench.data import fashion_mnist_reference
 from diffmem.bench.harness import HYBRID, copy_targets, reference_images, require_record
 from diffmem.bench.labels import label_samples
 from diffmem.commands.options import AllowPickle, Device, DType, Guidance, Opt, Out, Quiet, Seed, Steps, listed
-from diffmem.data.images import FASHION_MNIST_CLASSES, load_images
+from diffmem.data import FASHION_MNIST_CLASSES, load_images
 from diffmem.errors import DiffmemError, check
 from diffmem.models import load_adapter
 from diffmem.outputs import check_out, output_dir, progress, write_json

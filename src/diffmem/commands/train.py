@@ -10,7 +10,7 @@ from diffmem.errors import check
 from diffmem.monitor.training import MONITOR_EVERY, TrainingCallback
 from diffmem.outputs import check_out
 from diffmem.steer.classifier import train_classifier
-from diffmem.train.pixel import UNET_CONFIGS, train_unet
+from diffmem.train.pixel import SCHEDULES, UNET_CONFIGS, train_unet
 from diffmem.train.t2i import T2IConfig, train_t2i
 
 PIXEL_DEFAULTS = {"size": 16, "distinct": 2000, "dup": "10x100,20x40", "steps": 6000, "batch_size": 128}
@@ -34,6 +34,7 @@ def train(out: Out,
           label_dropout: Annotated[float, Opt("null-class / empty-caption rate (classifier-free guidance)",
                                               min=0, max=0.99)] = 0.1,
           config: Annotated[str, Opt("UNet size (unet2d)", choices=tuple(UNET_CONFIGS))] = "bench-s",
+          schedule: Annotated[str, Opt("unet2d: DDPM noise schedule (1000 steps)", choices=tuple(SCHEDULES))] = "linear",
           single: Annotated[int, Opt("sd: items seen once with a unique caption (hard negatives)", min=0)] = T2IConfig.single,
           held_out: Annotated[int, Opt("sd: held-out test-split items (references)", min=4)] = T2IConfig.held_out,
           vae_steps: Annotated[int, Opt("sd: VAE training steps", min=1)] = T2IConfig.vae_steps,
@@ -55,7 +56,7 @@ def train(out: Out,
     s = {k: PIXEL_DEFAULTS[k] if o[k] is None else o[k] for k in PIXEL_DEFAULTS}
     callback = _monitor(checkpoint_every, s["steps"], seed, quiet) if monitor else None
     return train_unet(out, data=data, **{**s, "dup": "" if s["dup"] == "none" else s["dup"]}, lr=lr,
-                      label_dropout=label_dropout, config=config, seed=seed, checkpoint_every=checkpoint_every,
+                      label_dropout=label_dropout, config=config, schedule=schedule, seed=seed, checkpoint_every=checkpoint_every,
                       callback=callback, quiet=quiet)
 
 
@@ -67,7 +68,7 @@ def _monitor(checkpoint_every: int, steps: int, seed: int, quiet: bool) -> Train
     return TrainingCallback(every, seed=seed, quiet=quiet)
 
 
-FAMILY_ONLY = {"data": "unet2d", "config": "unet2d", "single": "sd", "held_out": "sd", "vae_steps": "sd",
+FAMILY_ONLY = {"data": "unet2d", "config": "unet2d", "schedule": "unet2d", "single": "sd", "held_out": "sd", "vae_steps": "sd",
                "check_every": "sd", "checkpoint_every": "unet2d", "monitor": "unet2d"}   # in signature order
 
 

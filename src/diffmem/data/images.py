@@ -126,13 +126,76 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = No
     return to_model_range(images)[:, None], labels
 
 
-def read_image(path: str | os.PathLike, size: int | None = None, channels: int = 1) -> np.ndarray:
-    """Decode one image file to float32 (channels, size, size) in [-1, 1].
+LUMA = (0.299, 0.587, 0.114)      # RGB → gray weights (ITU-R 601-2, as PIL's "L")
 
-    Gray, RGB, RGBA (alpha composited on white), palette and 16-bit images (scaled by 65535, by their
-    mode) are accepted; the image
-    is resized (bicubic) to ``size`` × ``size`` when given. Raises :class:`DiffmemError` naming the
-    file when it is missing, empty, truncated, not an image, or too large.
+
+def to_nchw(a: np.ndarray, name: str) -> np.ndarray:
+    """(N, H, W) / (N, C, H, W) / (N, H, W, C) with C in 1, 3, 4 → (N, C, H, W); anything else is an error."""
+    if a.ndim == 3:
+        a = a[:, None]
+    if a.ndim == 4 and a.shape[1] not in (1, 3, 4) and a.shape[-1] in (1, 3, 4):
+        a = a.transpose(0, 3, 1, 2)                               # NHWC → NCHW
+    if a.ndim != 4 or a.shape[1] not in (1, 3, 4):
+        raise DiffmemError(f"{name}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C) with 1, 3 or 4 "
+                           f"channels, got shape {tuple(a.shape)}")
+    if min(a.shape[0], a.shape[2], a.shape[3]) == 0:
+        raise DiffmemError(f"{name}: no pixels (shape {tuple(a.shape)})")
+    return a
+
+
+def _convert_channels(x: np.ndarray, name: str, channels: int | None) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] → ``channels`` (None: keep 1 or 3): alpha is composited over white,
+    RGB → gray by :data:`LUMA`, gray → RGB by repetition."""
+    if x.shape[1] == 4:                                           # RGBA over white
+        alpha = (x[:, 3:] + 1.0) / 2.0                            # (N, 1, H, W) in [0, 1]
+        x = x[:, :3] * alpha + (1.0 - alpha)
+    target = x.shape[1] if channels is None else channels
+    if target == x.shape[1]:
+        return x
+    if target == 1:
+        return np.tensordot(np.asarray(LUMA, np.float32), x, axes=([0], [1]))[:, None].astype(np.float32)
+    if target == 3 and x.shape[1] == 1:
+        return np.repeat(x, 3, 1)
+    raise DiffmemError(f"{name}: {x.shape[1]}-channel images cannot become {channels}-channel model inputs")
+
+
+def to_model_input(a: np.ndarray, name: str, size: int | None = None, channels: int | None = None,
+                   input_range: tuple[float, float] | None = None) -> np.ndarray:
+    """The one image pipeline every input path goes through (folders, manifests, arrays, references,
+    training data, probes, Fashion-MNIST): images (N, H, W), (N, C, H, W) or (N, H, W, C) of any
+    accepted dtype → float32 (N, channels, size, size) in [-1, 1].
+
+    Steps: layout (:func:`to_nchw`); range by dtype (:func:`array_to_model_range`); channels
+    (:func:`_convert_channels`); resampling by area averaging (:func:`resize_area`, the only
+    resampler) when ``size`` differs; a final clip to [-1, 1]. Errors name ``name``."""
+    x = array_to_model_range(to_nchw(np.asarray(a), name), name, input_range)
+    x = _convert_channels(x, name, channels)
+    if size is not None and x.shape[-2:] != (size, size):
+        x = resize_area(torch.from_numpy(np.ascontiguousarray(x)), size).numpy()
+    return np.ascontiguousarray(np.clip(x, -1.0, 1.0), dtype=np.float32)
+
+
+def _decode(img: "Image.Image") -> np.ndarray:
+    """A loaded PIL image → its pixels (1, C, H, W) in their own dtype: the mode fixes the range
+    (8-bit → uint8; 16-bit ``I;16*`` and 32-bit ``I`` → uint16, clipped; ``F`` → float32, taken as
+    [-1, 1] unless ``--input-range``); palette and LA images become RGBA, others RGB."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        arr = np.clip(np.asarray(img, dtype=np.int64), 0, 65535).astype(np.uint16)
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+    else:
+        keep = {"1": "L", "L": "L", "RGB": "RGB", "RGBA": "RGBA", "P": "RGBA", "PA": "RGBA", "LA": "RGBA"}
+        arr = np.asarray(img.convert(keep.get(img.mode, "RGB")), dtype=np.uint8)
+    return (arr[None, None] if arr.ndim == 2 else arr.transpose(2, 0, 1)[None])
+
+
+def read_image(path: str | os.PathLike, size: int | None = None, channels: int = 1,
+               input_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Decode one image file through :func:`to_model_input` → float32 (channels, size, size) in [-1, 1].
+
+    Gray, RGB, RGBA / LA / palette (alpha over white), 16-bit and float (mode F) images are accepted;
+    ``input_range`` applies to float images only (the mode fixes the others). Raises
+    :class:`DiffmemError` naming the file when it is missing, empty, truncated, not an image, or too large.
     """
     path = Path(path)
     if not path.is_file():
@@ -144,77 +207,11 @@ def read_image(path: str | os.PathLike, size: int | None = None, channels: int =
             if img.width * img.height > MAX_PIXELS:
                 raise DiffmemError(f"{path}: image too large ({img.width}x{img.height} pixels)")
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):      # 16-bit: by mode, never by the values
-                arr = np.asarray(img, dtype=np.float64)
-                img = Image.fromarray(np.clip(np.round(arr / 65535.0 * 255.0), 0, 255).astype(np.uint8))
-            if img.mode in ("RGBA", "LA", "P", "PA"):
-                img = img.convert("RGBA")
-                white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(white, img)
-            img = img.convert("L" if channels == 1 else "RGB")
-            if size is not None and img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BICUBIC)
-            arr = np.asarray(img, dtype=np.uint8)
+            arr = _decode(img)
     except DiffmemError:
         raise
     except Image.DecompressionBombError as exc:
         raise DiffmemError(f"{path}: image too large ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DiffmemError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return to_model_range(arr)
-
-
-def load_image_folder(folder: str | os.PathLike) -> list[Path]:
-    """Sorted image files (by suffix) directly inside ``folder``; error if there are none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DiffmemError(f"{folder}: no such folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise DiffmemError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    return files
-
-
-def load_images(source: str | os.PathLike, size: int | None = None, channels: int | None = None,
-                limit: int | None = None, input_range: tuple[float, float] | None = None) -> np.ndarray:
-    """Images (N, C, H, W) in [-1, 1] from ``"fashion-mnist"``, an image folder or a .npy file.
-
-    Arrays follow :func:`array_to_model_range` (``input_range`` rescales); ``channels`` converts
-    (gray ↔ RGB; None keeps an array's own, 1 for folders) and ``size`` area-resizes arrays.
-    NaN or infinite values raise :class:`DiffmemError`.
-    """
-    src = str(source)
-    if src in ("fashion-mnist", "fashion-mnist:train", "fashion-mnist:test"):
-        x, _ = load_fashion_mnist("test" if src.endswith(":test") else "train")
-        x = x[:limit] if limit else x
-        return x if size is None else resize_area(torch.from_numpy(x), size).numpy()
-    path = Path(src)
-    if path.suffix == ".npy":
-        if not path.is_file():
-            raise DiffmemError(f"{path}: no such file")
-        try:
-            x = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise DiffmemError(f"{path}: not a plain numeric .npy array ({exc})") from None
-        if x.ndim == 3:
-            x = x[:, None]
-        if x.ndim != 4:
-            raise DiffmemError(f"{path}: expected an array (N, H, W) or (N, C, H, W), got shape {x.shape}")
-        x = array_to_model_range(np.asarray(x[:limit]), str(path), input_range)
-        if channels is not None and x.shape[1] != channels:
-            check_channels = x.shape[1] in (1, 3, 4) and channels in (1, 3)
-            if not check_channels:
-                raise DiffmemError(f"{path}: {x.shape[1]} channels cannot become {channels}")
-            x = x[:, :3].mean(1, keepdims=True) if channels == 1 else np.repeat(x[:, :1], 3, 1)
-        if size is not None and x.shape[-1] != size:
-            x = resize_area(torch.from_numpy(np.ascontiguousarray(x)), size).numpy()
-    elif path.is_file():
-        raise DiffmemError(f"{path}: expected 'fashion-mnist', an image folder or a .npy array, "
-                           f"got a {path.suffix or 'suffix-less'} file")
-    else:
-        files = load_image_folder(path)[:limit]
-        x = np.stack([read_image(f, size=size, channels=channels or 1) for f in files])
-    if not np.isfinite(x).all():
-        raise DiffmemError(f"{path}: data contains NaN or infinite values")
-    return x
+    return to_model_input(arr, str(path), size, channels, input_range if arr.dtype.kind == "f" else None)[0]

@@ -132,8 +132,15 @@ class FusionDetector:
         self.C, self.fpr, self.folds, self.batch_size, self.seed = C, fpr, folds, batch_size, seed
 
     def get_params(self, deep: bool = False) -> dict:
-        return {k: getattr(self, k) for k in ("ts", "layers", "max_features", "C", "fpr", "folds", "batch_size",
-                                               "seed")}
+        """The constructor's parameters (``sklearn.base.clone`` builds an unfitted twin from them)."""
+        return {k: getattr(self, k) for k in ("adapter", "ts", "layers", "max_features", "C", "fpr", "folds",
+                                               "batch_size", "seed")}
+
+    def set_params(self, **params) -> "FusionDetector":
+        for k, v in params.items():
+            check(k in self.get_params(), f"FusionDetector: no parameter {k!r}")
+            setattr(self, k, tuple(v) if k == "ts" else v)
+        return self
 
     # -- features -------------------------------------------------------------------------
     def _features(self, images: torch.Tensor, keys: Sequence[str], t: float, names: Sequence[str]) -> np.ndarray:
@@ -238,17 +245,20 @@ class FusionDetector:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         write_json(path / "detector.json", {
-            "kind": "FusionDetector", "params": {k: v for k, v in self.get_params().items()},
+            "kind": "FusionDetector", "params": {k: v for k, v in self.get_params().items() if k != "adapter"},
             "t": self.t_, "features": self.features_, "intercept": self.intercept_,
             "threshold": self.threshold_, "fpr": self.fpr, "calibration": self.calibration_,
-            "selection": self.selection_, "pool": self.adapter.default_pool, "family": self.adapter.family})
+            "selection": self.selection_, "pool": self.adapter.default_pool, "family": self.adapter.family,
+            "model_weights": _weights(self.adapter)})
         save_file({"mean": np.asarray(self.mean_, np.float64), "scale": np.asarray(self.scale_, np.float64),
                    "coef": np.asarray(self.coef_, np.float64)}, str(path / "detector.safetensors"))
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, adapter: Adapter) -> "FusionDetector":
-        """A fitted detector saved by :meth:`save`, bound to ``adapter`` (its layers must exist)."""
+    def load(cls, path: str | os.PathLike, adapter: Adapter, allow_other_model: bool = False) -> "FusionDetector":
+        """A fitted detector saved by :meth:`save`, bound to ``adapter`` (its layers must exist). A
+        detector fitted on other weights (``model_weights``, :func:`~diffmem.models.model_fingerprint`)
+        is refused unless ``allow_other_model``: its threshold and coefficients belong to that model."""
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
         from diffmem.probe.capture import parse_layer
@@ -273,8 +283,18 @@ class FusionDetector:
         check(family in (None, adapter.family),
               f"--detector {path}: fitted on a {family} model, not applicable to this {adapter.family} model "
               f"(its timestep convention and layers differ)")
+        fitted, here = meta.get("model_weights"), _weights(adapter)
+        if not (allow_other_model or fitted is None or here is None or fitted == here):
+            raise DiffmemError(f"--detector {path}: fitted on other weights (sha256 {fitted[:12]}…, this model's "
+                               f"{here[:12]}…); pass --allow-other-model to apply it anyway")
         for name in det.features_:
             if name != RESIDUAL:
                 parse_layer(name, adapter.denoiser)
         adapter.validate_t(det.t_)
         return det
+
+
+def _weights(adapter: Adapter) -> str | None:
+    """The weights fingerprint of the adapter's model folder (None for in-memory models)."""
+    from diffmem.models.load import model_fingerprint
+    return model_fingerprint(adapter.path) if adapter.path is not None else None

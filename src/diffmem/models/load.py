@@ -212,13 +212,13 @@ WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".tx
 
 def model_fingerprint(path: str | os.PathLike) -> str:
     """sha256 of a model folder's weights and configs (sorted relative paths and contents; the
-    training record and a saved detector do not change scores and are left out)."""
+    training record, a saved detector and training checkpoints do not change scores and are left out)."""
     import hashlib
     root = Path(path)
     h = hashlib.sha256()
     for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES):
         rel = f.relative_to(root)
-        if rel.name == "diffmem.json" or rel.parts[0] == "detector" or rel.parts[0].startswith("."):
+        if rel.name == "diffmem.json" or rel.parts[0] in ("detector", "checkpoints") or rel.parts[0].startswith("."):
             continue
         h.update(rel.as_posix().encode() + b"\0")
         with open(f, "rb") as fh:

@@ -95,3 +95,29 @@ def sample_images(adapter: Adapter, n: int, conditions: Sequence | None = None, 
     """:func:`sample`, decoded to pixel images (n, C, H, W) in [-1, 1] (through the VAE for latent models)."""
     z = sample(adapter, n, conditions, guidance, steps, sampler, seed, batch_size, quiet, indices)
     return torch.cat([adapter.decode(z[i:i + batch_size]) for i in range(0, n, batch_size)])
+
+
+@torch.no_grad()
+def regenerate(adapter: Adapter, x: torch.Tensor, t0: float, steps: int = 50, seed: int = 0,
+               batch_size: int = 128, keys: Sequence[str] | None = None) -> torch.Tensor:
+    """The model's own rendering of given images (SDEdit): each image (N, C, H, W) in [-1, 1] is
+    noised to the last sampler timestep ≤ ``t0`` of a ``steps``-step schedule and denoised from there
+    by DDIM, unconditionally; returns pixel images (N, C, H, W). The noise of image i comes from
+    ``keys[i]`` (default: its :func:`~diffmem.data.images.image_key`). Small t0 keeps the image and
+    replaces its fine detail by the model's."""
+    from diffmem.data.images import image_key
+    plan = adapter.sampler(steps)
+    start = [k for k, t in enumerate(plan.timesteps) if t <= t0]
+    check(len(start) > 0, f"regenerate: t0 {t0:g} is below every timestep of a {steps}-step schedule "
+                          f"(smallest {plan.timesteps[-1]:g})")
+    keys = [image_key(im) for im in x] if keys is None else list(keys)
+    out = []
+    for i in range(0, len(x), batch_size):
+        z = adapter.prepare(x[i:i + batch_size].to(adapter.device, adapter.dtype))        # (B, C', H', W')
+        gens = generators(seed, [f"regenerate:{k}" for k in keys[i:i + batch_size]])   # not the scores' noise
+        z = adapter.noise(z, plan.timesteps[start[0]], gens)
+        null = adapter.null_condition(len(z))
+        for k in start:
+            z = plan.step(guided_eps(adapter, z, plan.timesteps[k], null, 1.0), k, z, None)
+        out.append(adapter.decode(z).float().cpu())
+    return torch.cat(out)

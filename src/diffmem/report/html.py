@@ -126,8 +126,11 @@ def _verdict(audit: dict) -> dict:
                ("share flagged", f"{_pct(audit['share_flagged'])} [{_pct(lo)}, {_pct(hi)}]"),
                ("false-positive rate", f"{_pct(audit['fpr_target'])} target · {_pct(audit['realized_fpr_reference'])} "
                                        f"realized")]
+    if audit.get("fpr_generated_non_copies") is not None:
+        numbers.append(("FPR on generated non-copies", _pct(audit["fpr_generated_non_copies"])))
     if audit.get("precision") is not None or audit.get("recall") is not None:
         numbers += [("precision", _pct(audit.get("precision"))), ("recall", _pct(audit.get("recall")))]
+    numbers.append(("calibrated on", audit.get("calibration", "—")))
     return {"sentence": audit["verdict"], "numbers": numbers}
 
 

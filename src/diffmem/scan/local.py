@@ -32,7 +32,7 @@ from diffmem.probe.adapters import Adapter
 from diffmem.probe.pooling import POOLS
 from diffmem.data.images import image_key
 from diffmem.probe.represent import spikiness
-from diffmem.scan.inputs import Item, Source
+from diffmem.data.sources import Item, Source
 from diffmem.stats import STATISTICS
 
 SCHEMA = pa.schema([("index", pa.int64()), ("path", pa.string()), ("sha256", pa.string()), ("layer", pa.string()),
@@ -156,6 +156,12 @@ def scan_settings(adapter: Adapter, layer: str | None, t: float | None, pool: st
     return settings
 
 
+def batch_cap(batch_size: int, part_size: int, n_inputs: int) -> int:
+    """The batch scans pad to: at most a part and at most the inputs (a huge --batch-size is capped
+    before anything is allocated, not padded to)."""
+    return max(1, min(batch_size, part_size, n_inputs))
+
+
 def scan(adapter: Adapter, images: str | os.PathLike, out: str | os.PathLike, layer: str | None = None,
          t: float | None = None, pool: str | None = None, batch_size: int = 32, repeats: int = 1,
          seed: int = 0, on_error: str = "skip", resume: bool = False, part_size: int = 256,
@@ -169,6 +175,7 @@ def scan(adapter: Adapter, images: str | os.PathLike, out: str | os.PathLike, la
     check(batch_size >= 1 and part_size >= 1, "--batch-size and --part-size must be >= 1")
     settings = scan_settings(adapter, layer, t, pool, repeats, seed, detector=detector)
     source = Source(images, adapter.image_size, adapter.image_channels, input_range, allow_outside)
+    batch_size = batch_cap(batch_size, part_size, len(source))
     settings.update(fingerprint(adapter, source, batch_size, torch.get_num_threads(), input_range))
     out = Path(out)
     parts = out / "parts"

@@ -20,8 +20,9 @@ import numpy as np
 
 from diffmem.errors import DiffmemError, check
 from diffmem.outputs import progress
-from diffmem.scan.inputs import Source
-from diffmem.scan.local import _commit, committed_parts, finalize, fingerprint, scan_settings, score_items
+from diffmem.data.sources import Source
+from diffmem.scan.local import (_commit, batch_cap, committed_parts, finalize, fingerprint, scan_settings,
+                               score_items)
 
 
 def _import_ray():
@@ -66,6 +67,7 @@ def scan_ray(model: str | os.PathLike, images: str | os.PathLike, out: str | os.
     adapter = load_adapter(model, allow_pickle=allow_pickle, device="cpu", dtype=dtype)   # settings only
     settings = scan_settings(adapter, layer, t, pool, repeats, seed, detector=detector)
     source = Source(images, adapter.image_size, adapter.image_channels, input_range, allow_outside)
+    batch_size = batch_cap(batch_size, part_size, len(source))
     settings.update(fingerprint(adapter, source, batch_size, threads, input_range))
     worker_device = ("cuda" if gpus_per_worker else "cpu") if device == "auto" else device
     out = Path(out)

@@ -6,6 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -17,32 +18,46 @@ from diffmem.errors import check
 from diffmem.outputs import output_dir, progress
 from diffmem.train import cosine_schedule, update
 
+@dataclass(frozen=True)
+class UNetConfig:
+    """A named ``UNet2DModel`` size: channels per level, resnets per level, self-attention at the
+    lowest resolution (one ``AttnDownBlock2D`` / ``AttnUpBlock2D`` pair)."""
+
+    blocks: tuple[int, ...]
+    layers: int
+    attention: bool = False
+
+
 UNET_CONFIGS = {
-    # name: (block_out_channels, layers_per_block); no attention (cheap on CPU)
-    "bench-s": ((32, 64, 64), 1),
-    "bench-m": ((64, 128, 128), 2),
-    "test-xs": ((16, 32), 1),
+    "bench-s": UNetConfig((32, 64, 64), 1),
+    "bench-s-attn": UNetConfig((32, 64, 64), 1, attention=True),
+    "bench-xs": UNetConfig((16, 32, 32), 1),
+    "bench-m": UNetConfig((64, 128, 128), 2),
+    "test-xs": UNetConfig((16, 32), 1),
 }
+SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}   # --schedule → DDPMScheduler beta_schedule
 
 
 def make_unet(config: str, size: int, channels: int, num_classes: int | None, seed: int):
     """A ``UNet2DModel`` from :data:`UNET_CONFIGS`; class embeddings 0…num_classes−1 plus a null class."""
     from diffusers import UNet2DModel
     check(config in UNET_CONFIGS, f"--config {config!r}: one of {', '.join(UNET_CONFIGS)}")
-    blocks, layers = UNET_CONFIGS[config]
+    c = UNET_CONFIGS[config]
+    n = len(c.blocks)
+    down = ("DownBlock2D",) * (n - 1) + ("AttnDownBlock2D" if c.attention else "DownBlock2D",)
+    up = ("AttnUpBlock2D" if c.attention else "UpBlock2D",) + ("UpBlock2D",) * (n - 1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels,
-                           block_out_channels=blocks, layers_per_block=layers,
-                           norm_num_groups=min(32, blocks[0] // 2),
-                           down_block_types=("DownBlock2D",) * len(blocks),
-                           up_block_types=("UpBlock2D",) * len(blocks),
+                           block_out_channels=c.blocks, layers_per_block=c.layers,
+                           norm_num_groups=min(32, c.blocks[0] // 2), attention_head_dim=16,
+                           down_block_types=down, up_block_types=up,
                            num_class_embeds=None if num_classes is None else num_classes + 1)
 
 
 def train_unet(out: str | os.PathLike, data: str = "fashion-mnist", size: int = 16, distinct: int = 2000,
                dup: str = "10x100,20x40", steps: int = 6000, batch_size: int = 128, lr: float = 1e-3,
-               label_dropout: float = 0.1, config: str = "bench-s", seed: int = 0, threads: int | None = None,
+               label_dropout: float = 0.1, config: str = "bench-s", schedule: str = "linear", seed: int = 0, threads: int | None = None,
                checkpoint_every: int = 0, callback: Callable | None = None, quiet: bool = False) -> dict:
     """Train on ``distinct`` images plus duplicated ones and save a diffusers pipeline folder.
 
@@ -56,6 +71,7 @@ def train_unet(out: str | os.PathLike, data: str = "fashion-mnist", size: int = 
     from diffusers import DDPMPipeline, DDPMScheduler
     check(steps >= 1 and batch_size >= 1, "--steps and --batch-size must be >= 1")
     check(0 <= label_dropout < 1, f"--label-dropout {label_dropout}: must be in [0, 1)")
+    check(schedule in SCHEDULES, f"--schedule {schedule!r}: one of {', '.join(SCHEDULES)}")
     check(checkpoint_every >= 0, f"--checkpoint-every {checkpoint_every}: must be >= 0")
     if threads:
         torch.set_num_threads(threads)
@@ -67,12 +83,12 @@ def train_unet(out: str | os.PathLike, data: str = "fashion-mnist", size: int = 
     num_classes = None if labels is None else int(labels.max()) + 1
     Y = torch.from_numpy(labels[rows]) if labels is not None else None    # (R,)
     unet = make_unet(config, size, X.shape[1], num_classes, seed)
-    sched = DDPMScheduler(num_train_timesteps=1000)
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule=SCHEDULES[schedule])
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     lrs = cosine_schedule(opt, steps)
     g = torch.Generator().manual_seed(seed)
     record = {"data": data, "size": size, "distinct": distinct, "dup": dup, "steps": steps,
-              "batch_size": batch_size, "lr": lr, "label_dropout": label_dropout, "config": config,
+              "batch_size": batch_size, "lr": lr, "label_dropout": label_dropout, "config": config, "schedule": schedule,
               "seed": seed, "num_classes": num_classes, "null_class": num_classes,
               "parameters": sum(p.numel() for p in unet.parameters()),
               "indices": ts["indices"], "copies": ts["copies"], "labels": ts["labels"]}

@@ -1,7 +1,8 @@
-"""Scan inputs: an image folder, a .npy/.npz array or a JSONL manifest, streamed one item at a time.
+"""Image sets: an image folder, a .npy/.npz array or a JSONL manifest, read one item at a time or whole.
 
 Each item is an :class:`Item` whose ``load()`` returns float32 (C, H, W) in [-1, 1] at the model's
 size or raises :class:`DiffmemError` naming the input (corrupt, empty, wrong shape, NaN, …).
+Every item goes through the one image pipeline, :func:`diffmem.data.images.to_model_input`.
 Arrays follow the input policy of :func:`diffmem.data.images.array_to_model_range`: uint8 is
 0…255, uint16 0…65535, floats must lie in [-1, 1] (``--input-range LO,HI`` rescales); anything else
 is an error naming the input.
@@ -17,10 +18,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-
-from diffmem.data.images import IMAGE_SUFFIXES, array_to_model_range, read_image
+from diffmem.data.images import (IMAGE_SUFFIXES, array_to_model_range, load_fashion_mnist, read_image, to_model_input,
+                                 to_nchw)
 from diffmem.errors import DiffmemError
 
 
@@ -33,30 +32,18 @@ class Item:
     prompt: str | None = None
 
 
-def _file_loader(path: Path, size: int, channels: int):
+def _file_loader(path: Path, size: int, channels: int, input_range=None):
     def load():
         data = path.read_bytes() if path.is_file() else b""
         sha = hashlib.sha256(data).hexdigest()
-        return read_image(path, size=size, channels=channels), sha
+        return read_image(path, size=size, channels=channels, input_range=input_range), sha
     return load
 
 
 def _array_image(arr: np.ndarray, name: str, size: int, channels: int,
                  input_range: tuple[float, float] | None = None) -> np.ndarray:
-    a = np.asarray(arr)
-    if a.ndim == 2:
-        a = a[None]
-    elif a.ndim == 3 and a.shape[-1] in (1, 3, 4) and a.shape[0] not in (1, 3, 4):
-        a = a.transpose(2, 0, 1)
-    if a.ndim != 3 or a.shape[0] not in (1, 3, 4):
-        raise DiffmemError(f"{name}: expected an image (H, W), (C, H, W) or (H, W, C), got shape {np.shape(arr)}")
-    a = array_to_model_range(a, name, input_range)[:3]
-    if a.shape[0] != channels:
-        a = a.mean(0, keepdims=True) if channels == 1 else np.repeat(a[:1], channels, 0) if a.shape[0] == 1 else a
-    if a.shape[1:] != (size, size):
-        a = F.interpolate(torch.from_numpy(np.ascontiguousarray(a))[None], size=(size, size), mode="bicubic",
-                          align_corners=False)[0].clamp(-1, 1).numpy()
-    return np.ascontiguousarray(a, dtype=np.float32)
+    """One array image (H, W), (C, H, W) or (H, W, C) through :func:`~diffmem.data.images.to_model_input`."""
+    return to_model_input(np.asarray(arr)[None], name, size, channels, input_range)[0]
 
 
 def _array_loader(arr: np.ndarray, name: str, size: int, channels: int, input_range=None):
@@ -112,9 +99,10 @@ class Source:
         elif src.suffix in (".npy", ".npz"):
             self.kind = "array"
             self.arr, self.labels = _open_array(src)
-            if self.arr.ndim not in (3, 4) or len(self.arr) == 0:
+            if self.arr.ndim not in (3, 4):
                 raise DiffmemError(f"{src}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C), "
                                    f"got shape {self.arr.shape}")
+            to_nchw(np.asarray(self.arr[:1]), str(src))            # channels and pixels, before any work
             if not _checked:
                 _check_array_source(self.arr, str(src), input_range)
             if self.labels is not None and self.labels.shape != (len(self.arr),):
@@ -142,7 +130,7 @@ class Source:
     def item(self, i: int) -> Item:
         if self.kind == "folder":
             return Item(i, str(self.src / self.names[i]), _file_loader(self.real / self.names[i], self.size,
-                                                                       self.channels))
+                                                                       self.channels, self.input_range))
         if self.kind == "array":
             name = f"{self.src}[{i}]"
             return Item(i, name, _array_loader(self.arr[i], name, self.size, self.channels, self.input_range),
@@ -151,7 +139,7 @@ class Source:
         p = Path(rec["path"])
         prompt = rec.get("prompt")
         return Item(i, self._key(i), _file_loader(p if p.is_absolute() else self.real.parent / p, self.size,
-                                                  self.channels), label=rec.get("label"),
+                                                  self.channels, self.input_range), label=rec.get("label"),
                     prompt=None if prompt is None else str(prompt))
 
     def items(self, indices=None) -> Iterator[Item]:
@@ -211,3 +199,23 @@ def _manifest_records(src: Path, allow_outside: bool = False) -> list[dict]:
     if not records:
         raise DiffmemError(f"{src}: empty manifest")
     return records
+
+
+def load_images(source: str | os.PathLike, size: int | None = None, channels: int | None = None,
+                limit: int | None = None, input_range: tuple[float, float] | None = None,
+                allow_outside: bool = False) -> np.ndarray:
+    """A whole image set (N, C, H, W) in [-1, 1]: ``"fashion-mnist"`` (``:test`` for the test split),
+    or any :class:`Source` (folder, .npy/.npz, manifest), every image through
+    :func:`~diffmem.data.images.to_model_input`. ``size`` None keeps the images' own (they must agree);
+    ``channels`` None keeps each image's own (RGBA → RGB); ``limit`` keeps the first images."""
+    src = str(source)
+    if src in ("fashion-mnist", "fashion-mnist:train", "fashion-mnist:test"):
+        x, _ = load_fashion_mnist("test" if src.endswith(":test") else "train")
+        return to_model_input(x[:limit] if limit else x, src, size, channels)
+    items = Source(source, size, channels, input_range, allow_outside)
+    images = [item.loader()[0] for item in items.items(range(min(len(items), limit or len(items))))]
+    shapes = sorted({im.shape for im in images})
+    if len(shapes) > 1:
+        raise DiffmemError(f"{src}: images of different shapes ({', '.join('x'.join(map(str, s)) for s in shapes)}); "
+                           f"give a size to resize them")
+    return np.stack(images)
