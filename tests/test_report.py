@@ -70,6 +70,18 @@ def test_report_errors(tmp_path):
     assert not (tmp_path / "report.html").exists()
 
 
+@pytest.mark.parametrize("name, content", [("bench.json", {"seeds": [0], "methods": {}}),
+                                           ("audit.json", {"n": 3, "n_flagged": 1, "verdict": "x"}),
+                                           ("tuning.json", {}), ("tuning.json", []),
+                                           ("monitor.json", []), ("steer.json", {"groups": 3})])
+def test_results_of_the_wrong_shape_are_one_error_naming_the_file(tmp_path, name, content):
+    (tmp_path / name).write_text(json.dumps(content))
+    (tmp_path / "x.png").write_bytes(b"")                   # something to report besides the bad file
+    with pytest.raises(DiffmemError, match=f"{name}: not a complete diffmem result"):
+        build_report(tmp_path)
+    assert main(["report", str(tmp_path)]) == 2 and not (tmp_path / "report.html").exists()
+
+
 def _chrome(tmp_path):
     pytest.importorskip("selenium", reason="selenium not installed (pip install -e '.[test]')")
     from selenium import webdriver

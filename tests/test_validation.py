@@ -223,6 +223,24 @@ def _corpus(root):
     cases.append(("labels_conflict", ["eval", str(root / "s.parquet"), "--labels", str(root / "conflict.csv")]))
     (root / "bad.parquet").write_bytes(b"not parquet")
     cases.append(("scores_corrupt", ["eval", str(root / "bad.parquet")]))
+    pd.DataFrame({"score": [0.1, 0.2], "path": ["a.png", "b.png"], "label": [1, 0]}).to_parquet(root / "p.parquet")
+    cases.append(("eval_text_column", ["eval", str(root / "p.parquet"), "--column", "path"]))
+    pd.DataFrame({"score": [0.1, 0.2, 0.3], "sha256": ["x", "x", "y"], "label": [1, 0, 0]}).to_parquet(root / "c.parquet")
+    cases.append(("eval_own_labels_conflict", ["eval", str(root / "c.parquet")]))
+    pd.DataFrame({"score": [0.1, float("nan")], "index": [0, 1], "label": [1, 0]}).to_parquet(root / "n.parquet")
+    cases.append(("eval_nan_scores", ["eval", str(root / "n.parquet")]))
+    for name, shape in (("zero_size", (4, 0, 0)), ("five_channels", (3, 5, 16, 16)), ("no_images", (0, 16, 16))):
+        np.save(root / f"{name}.npy", np.zeros(shape, np.uint8))
+        cases.append((f"array_{name}", ["scan", str(model), str(root / f"{name}.npy")]))
+        cases.append((f"audit_reference_{name}", ["audit", str(model), "--n", "2", "--reference", str(root / f"{name}.npy")]))
+    cases.append(("scan_huge_batch", ["scan", str(model), str(root / "five_channels.npy"), "--batch-size",
+                                      "1000000000000"]))
+    (root / "mixed").mkdir()
+    for i, side in enumerate((8, 12)):
+        Image.fromarray(np.zeros((side, side), np.uint8)).save(root / "mixed" / f"{i}.png")
+    cases.append(("theory_mixed_sizes", ["theory", "weights", "--data", str(root / "mixed"), "--n", "2"]))
+    cases.append(("calibration_unknown", ["audit", str(model), "--n", "2", "--reference", str(imgs),
+                                          "--calibration", "oracle"]))
     (root / "afile").write_text("x")
     cases.append(("out_is_a_file_below", ["theory", "phase", "--units", "4"]))
     cases.append(("unconditional_classes", ["sample", str(model), "--classes", "11"]))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import numpy as np
+from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
 from diffmem.commands.options import Opt, Out, Quiet, Seed
 from diffmem.detect.evaluation import join_labels, plot_kde, plot_roc, read_labels, read_scores
 from diffmem.detect.metrics import evaluate as metrics_of
@@ -24,7 +27,10 @@ def evaluate(scores: Annotated[str, Opt("scores.parquet (or .csv) of `diffmem sc
     check_out(out)
     df = join_labels(read_scores(scores), read_labels(labels) if labels else None, str(scores))
     check(column in df.columns, f"{scores}: no column {column!r} (--column)")
+    check(is_numeric_dtype(df[column]) and not is_bool_dtype(df[column]),
+          f"{scores}: column {column!r} holds {df[column].dtype} values, not scores (--column)")
     s, y = df[column].to_numpy(dtype=float), df["y"].to_numpy()
+    check(bool(np.isfinite(s).all()), f"{scores}: column {column!r} has NaN or infinite scores")
     metrics = {"column": column, "sign": "+", **metrics_of(s, y, n_boot=n_boot, seed=seed)}
     with output_dir(out) as tmp:
         write_json(tmp / "metrics.json", metrics)

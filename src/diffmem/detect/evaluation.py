@@ -76,11 +76,17 @@ def join_labels(scores: pd.DataFrame, labels: pd.DataFrame | None, name: str) ->
               f"{name}: no labels in the scores table; pass --labels FILE")
         df = df[df["label"].notna()].copy()
         df["y"] = _as_binary(df["label"], name)
+        key = next((k for k in ("sha256", "path") if k in df.columns), None)
+        for k, g in (df.groupby(key, sort=False) if key else ()):
+            if g["y"].nunique() > 1:
+                raise DiffmemError(f"{name}: {key} {k!r} is labelled both memorized and generalized (rows "
+                                   f"{', '.join(map(str, g.index.tolist()))})")
         return df
     for key in ("sha256", "path", "index"):
         if key in labels.columns and key in df.columns:
-            merged = df.drop(columns=["label"], errors="ignore").merge(labels[[key, "label", "y"]], on=key,
-                                                                       how="inner")
+            left = df.drop(columns=["label"], errors="ignore").assign(_key=df[key].astype(str))
+            right = labels[["label", "y"]].assign(_key=labels[key].astype(str))      # keys compared as text
+            merged = left.merge(right, on="_key", how="inner").drop(columns=["_key"])
             check(len(merged) > 0, f"{name}: no score row matches a label by {key} (--labels)")
             return merged
     raise DiffmemError(f"{name}: labels need a 'sha256', 'path' or 'index' column present in the scores")

@@ -4,6 +4,7 @@ built from any diffmem output folder. It reads result files only, never models."
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 from pathlib import Path
@@ -134,82 +135,96 @@ def _verdict(audit: dict) -> dict:
     return {"sentence": audit["verdict"], "numbers": numbers}
 
 
+@contextlib.contextmanager
+def _shape(path: Path):
+    """A results file of the wrong shape (valid JSON, missing or mistyped keys) is one error naming it."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise DiffmemError(f"{path}: not a complete diffmem result ({type(exc).__name__}: {exc})") from None
+
+
 def _tables(root: Path) -> list[dict]:
     """Designed tables from the JSON results: per-condition audit counts, the benchmark, theory, steering, monitor."""
     tables = []
     for path in sorted(root.rglob("audit.json")):
-        a = read_json(path)
-        rows_in = a.get("per_condition") or []
-        if rows_in and "flags" in rows_in[0]:
-            top = sorted(rows_in, key=lambda r: (-r["share_flagged"], str(r["condition"])))[:20]
-            strength = "strength" in top[0]
-            tables.append({"section": "Score distribution", "title": "Most-flagged prompts",
-                           "head": ["prompt", "generations", "flagged", "share flagged"] + (
-                               ["strength (share that copy)"] if strength else []),
-                           "rows": [[str(r["condition"]), f"{r['n']:,}", "".join("■" if f else "□" for f in r["flags"]),
-                                     _pct(r["share_flagged"])] + ([_pct(r["strength"])] if strength else [])
-                                    for r in top],
-                           "note": "The 20 prompts with the largest share of flagged generations (■ flagged, "
-                                   "□ not). Strength, with a training record: the share of the prompt's "
-                                   "generations that copy a training image."})
-        elif rows_in:
-            head = ["condition", "samples", "flagged", "share flagged"] + (
-                ["copies"] if "n_copies" in a["per_condition"][0] else [])
-            rows = [[str(r.get("name", r["condition"])), f"{r['n']:,}", f"{r['n_flagged']:,}",
-                     _pct(r["share_flagged"])] + ([f"{r['n_copies']:,}"] if "n_copies" in r else [])
-                    for r in a["per_condition"]]
-            tables.append({"section": "Score distribution", "title": "Flags per class or prompt", "head": head,
-                           "rows": rows, "note": "Look for classes with many flags: duplicated training images "
-                                                 "concentrate there."})
+        with _shape(path):
+            a = read_json(path)
+            rows_in = a.get("per_condition") or []
+            if rows_in and "flags" in rows_in[0]:
+                top = sorted(rows_in, key=lambda r: (-r["share_flagged"], str(r["condition"])))[:20]
+                strength = "strength" in top[0]
+                tables.append({"section": "Score distribution", "title": "Most-flagged prompts",
+                               "head": ["prompt", "generations", "flagged", "share flagged"] + (
+                                   ["strength (share that copy)"] if strength else []),
+                               "rows": [[str(r["condition"]), f"{r['n']:,}", "".join("■" if f else "□" for f in r["flags"]),
+                                         _pct(r["share_flagged"])] + ([_pct(r["strength"])] if strength else [])
+                                        for r in top],
+                               "note": "The 20 prompts with the largest share of flagged generations (■ flagged, "
+                                       "□ not). Strength, with a training record: the share of the prompt's "
+                                       "generations that copy a training image."})
+            elif rows_in:
+                head = ["condition", "samples", "flagged", "share flagged"] + (
+                    ["copies"] if "n_copies" in a["per_condition"][0] else [])
+                rows = [[str(r.get("name", r["condition"])), f"{r['n']:,}", f"{r['n_flagged']:,}",
+                         _pct(r["share_flagged"])] + ([f"{r['n_copies']:,}"] if "n_copies" in r else [])
+                        for r in a["per_condition"]]
+                tables.append({"section": "Score distribution", "title": "Flags per class or prompt", "head": head,
+                               "rows": rows, "note": "Look for classes with many flags: duplicated training images "
+                                                     "concentrate there."})
     for path in sorted(root.rglob("bench.json")):
-        b = read_json(path)
-        t = bench_rows(b, {k: v for k, v in METHOD_NAMES.items()})
-        seeds = ", ".join(map(str, b.get("seeds", [])))
-        tables.append({"section": "Detection benchmark", "title": "Every method under one protocol", **t,
-                       "note": f"Mean ± sd over seeds {seeds}; calibration and report split by nearest training "
-                               f"image (overlap {b['split']['overlap']}); every method tuned on calibration only. "
-                               f"Deployable: threshold fitted on calibration negatives; unlabelled: fitted on "
-                               f"held-out real images; × forward: cost relative to one denoiser forward."})
-        if b.get("prompt_methods"):
-            t = bench_rows({**b, "methods": b["prompt_methods"]}, {k: v for k, v in METHOD_NAMES.items()})
-            tables.append({"section": "Detection benchmark", "title": "Per prompt: strength ≥ 0.5 against strength 0",
-                           **t, "note": f"{b['generations_per_prompt']} generations per prompt at guidance "
-                                        f"{b['guidance']}; a prompt's score is the mean of its generations'; "
-                                        f"strength = the share of its generations that copy. Unlabelled: "
-                                        f"threshold fitted on prompts never trained on."})
+        with _shape(path):
+            b = read_json(path)
+            t = bench_rows(b, {k: v for k, v in METHOD_NAMES.items()})
+            seeds = ", ".join(map(str, b.get("seeds", [])))
+            tables.append({"section": "Detection benchmark", "title": "Every method under one protocol", **t,
+                           "note": f"Mean ± sd over seeds {seeds}; calibration and report split by nearest training "
+                                   f"image (overlap {b['split']['overlap']}); every method tuned on calibration only. "
+                                   f"Deployable: threshold fitted on calibration negatives; unlabelled: fitted on "
+                                   f"held-out real images; × forward: cost relative to one denoiser forward."})
+            if b.get("prompt_methods"):
+                t = bench_rows({**b, "methods": b["prompt_methods"]}, {k: v for k, v in METHOD_NAMES.items()})
+                tables.append({"section": "Detection benchmark", "title": "Per prompt: strength ≥ 0.5 against strength 0",
+                               **t, "note": f"{b['generations_per_prompt']} generations per prompt at guidance "
+                                            f"{b['guidance']}; a prompt's score is the mean of its generations'; "
+                                            f"strength = the share of its generations that copy. Unlabelled: "
+                                            f"threshold fitted on prompts never trained on."})
     for path in sorted(root.rglob("verify.json")):
-        v = read_json(path)
-        rows = [[r, f"{d['rel_err']:.4f}", f"{d['rep_std_train']:.3f}"] for r, d in v["regimes"].items()]
-        tables.append({"section": "Theory", "title": "Trained ReLU-DAEs against the closed-form minimizers",
-                       "head": ["regime", "relative error ‖WWᵀ − W*W*ᵀ‖/‖W*W*ᵀ‖", "representation std (train)"],
-                       "rows": rows, "note": "Relative errors near 0: training reaches the predicted minimizer."})
+        with _shape(path):
+            v = read_json(path)
+            rows = [[r, f"{d['rel_err']:.4f}", f"{d['rep_std_train']:.3f}"] for r, d in v["regimes"].items()]
+            tables.append({"section": "Theory", "title": "Trained ReLU-DAEs against the closed-form minimizers",
+                           "head": ["regime", "relative error ‖WWᵀ − W*W*ᵀ‖/‖W*W*ᵀ‖", "representation std (train)"],
+                           "rows": rows, "note": "Relative errors near 0: training reaches the predicted minimizer."})
     for path in sorted(root.rglob("monitor.json")):
-        m = read_json(path)
-        if not isinstance(m.get("runs"), dict):
-            continue
-        step = lambda v: "never" if v is None else f"{v:,}"  # noqa: E731
-        rows = [[name, step(r["alarm_step"]), step(r.get("onset_step")),
-                 *(step(r["baselines"].get(k)) for k in MONITOR_BASELINES)] for name, r in m["runs"].items()]
-        tables.append({"section": "Training monitor", "title": "When each alarm fired (training step)",
-                       "head": ["run", "spikiness alarm (ours)", "copies ≥ 2% (ground truth)",
-                                *MONITOR_BASELINES.values()], "rows": rows,
-                       "note": "Rules fixed in advance: ours and the Welch loss gap fire at p < 0.001 against "
-                               "held-out images; the stable rank leaves 3 sd of its first 3 checkpoints twice in a "
-                               "row. An alarm at or before the onset is early; any alarm on a control run is false."})
+        with _shape(path):
+            m = read_json(path)
+            if not isinstance(m.get("runs"), dict):
+                continue
+            step = lambda v: "never" if v is None else f"{v:,}"  # noqa: E731
+            rows = [[name, step(r["alarm_step"]), step(r.get("onset_step")),
+                     *(step(r["baselines"].get(k)) for k in MONITOR_BASELINES)] for name, r in m["runs"].items()]
+            tables.append({"section": "Training monitor", "title": "When each alarm fired (training step)",
+                           "head": ["run", "spikiness alarm (ours)", "copies ≥ 2% (ground truth)",
+                                    *MONITOR_BASELINES.values()], "rows": rows,
+                           "note": "Rules fixed in advance: ours and the Welch loss gap fire at p < 0.001 against "
+                                   "held-out images; the stable rank leaves 3 sd of its first 3 checkpoints twice in a "
+                                   "row. An alarm at or before the onset is early; any alarm on a control run is false."})
     for path in sorted(root.rglob("steer.json")):
-        s = read_json(path)
-        ci = lambda d, k, f: f"{d[k]:{f}}" + (f" [{d[k + '_ci'][0]:{f}}, {d[k + '_ci'][1]:{f}}]"  # noqa: E731
-                                               if k + "_ci" in d else "") if d.get(k) is not None else "—"
-        rows = [[g, str(d["n"]), ci(d, "attribute_gain", ".3f"), ci(d, "monotonicity", ".2f"),
-                 ci(d, "pixel_jump_fraction", ".2f"), ci(d, "output_change_per_unit", ".2f")]
-                for g, d in s["groups"].items() if d.get("n")]
-        measure = s.get("measure") or "classifier P(concept)"
-        tables.append({"section": "Steering", "title": f"Steering toward {s['concept']}",
-                       "head": ["group", "samples", "attribute gain [95% CI]", "monotonicity", "pixel jump fraction",
-                                "change per unit strength"], "rows": rows,
-                       "note": f"Attribute: {measure}; gain = its rise from strength 0 to the largest strength. "
-                               "Pixel jump fraction: share of a sample's path taken in its largest step (1 = one "
-                               "jump). Brackets: 95% bootstrap CIs over samples."})
+        with _shape(path):
+            s = read_json(path)
+            ci = lambda d, k, f: f"{d[k]:{f}}" + (f" [{d[k + '_ci'][0]:{f}}, {d[k + '_ci'][1]:{f}}]"  # noqa: E731
+                                                   if k + "_ci" in d else "") if d.get(k) is not None else "—"
+            rows = [[g, str(d["n"]), ci(d, "attribute_gain", ".3f"), ci(d, "monotonicity", ".2f"),
+                     ci(d, "pixel_jump_fraction", ".2f"), ci(d, "output_change_per_unit", ".2f")]
+                    for g, d in s["groups"].items() if d.get("n")]
+            measure = s.get("measure") or "classifier P(concept)"
+            tables.append({"section": "Steering", "title": f"Steering toward {s['concept']}",
+                           "head": ["group", "samples", "attribute gain [95% CI]", "monotonicity", "pixel jump fraction",
+                                    "change per unit strength"], "rows": rows,
+                           "note": f"Attribute: {measure}; gain = its rise from strength 0 to the largest strength. "
+                                   "Pixel jump fraction: share of a sample's path taken in its largest step (1 = one "
+                                   "jump). Brackets: 95% bootstrap CIs over samples."})
     return tables
 
 
@@ -227,12 +242,15 @@ def _figures(root: Path) -> list[dict]:
         figs.append({"section": section or "Other figures", "title": rel.as_posix(),
                      "caption": caption or "", "uri": _data_uri(p.read_bytes())})
     for path in sorted(root.rglob("tuning.json")):
-        tuning = read_json(path)
-        first = next(iter(tuning.values()), {}) if isinstance(tuning, dict) else {}
-        if isinstance(first, dict) and "spikiness" in first:
-            section, caption = FIGURES["layer_auroc.png"]
-            figs.append({"section": section, "title": f"{path.parent.relative_to(root).as_posix()}/per-layer AUROC",
-                         "caption": caption, "uri": _data_uri(_layer_bars(tuning))})
+        with _shape(path):
+            tuning = read_json(path)
+            if not isinstance(tuning, dict) or not tuning:
+                raise ValueError("no seed's tuning in it")
+            first = next(iter(tuning.values()))
+            if isinstance(first, dict) and "spikiness" in first:
+                section, caption = FIGURES["layer_auroc.png"]
+                figs.append({"section": section, "title": f"{path.parent.relative_to(root).as_posix()}/per-layer AUROC",
+                             "caption": caption, "uri": _data_uri(_layer_bars(tuning))})
     return figs
 
 
@@ -241,7 +259,10 @@ def build_report(root: str | os.PathLike, out_name: str = "report.html") -> Path
     score distribution, per-class table, benchmark, theory and steering — and return its path."""
     root = results_root(root)
     audits = sorted(root.rglob("audit.json"))
-    verdict = _verdict(read_json(audits[0])) if audits else None
+    verdict = None
+    if audits:
+        with _shape(audits[0]):
+            verdict = _verdict(read_json(audits[0]))
     tables, figs = _tables(root), _figures(root)
     if not tables and not figs and verdict is None:
         raise DiffmemError(f"{root}: no diffmem results (no metrics JSON or figures) to report")
