@@ -34,6 +34,7 @@ from diffmem.bench.data import ASSETS
 from diffmem.bench.harness import copy_targets, reference_images
 from diffmem.bench.labels import label_samples
 from diffmem.bench.protocol import summarize
+from diffmem.detect.audit import Calibration
 from diffmem.detect.detector import image_keys
 from diffmem.detect.fusion import FusionDetector
 from diffmem.detect.methods import Batch, nemo_method, official_spikiness_method, output_norm_method
@@ -196,6 +197,20 @@ def worst_case(models: dict[str, dict], fpr: float) -> dict:
     return out
 
 
+def choose_default(worst: dict, fpr: float, calibration: str, band: tuple[float, float] = (0.5, 1.5)) -> dict:
+    """The audit's label-free default by worst case over the zoo, under ``calibration``: among the
+    scores whose worst mean FPR on generated non-copies lies within ``band`` × ``fpr``, the one with
+    the highest worst-case AUROC; when none does, the one whose worst FPR is closest to ``fpr``."""
+    def fpr_of(s):
+        return worst[s]["calibrations"][calibration]["fpr"]
+    inside = [s for s in worst if band[0] * fpr <= fpr_of(s) <= band[1] * fpr]
+    best = (max(inside, key=lambda s: worst[s]["auroc"]) if inside
+            else min(worst, key=lambda s: abs(fpr_of(s) - fpr)))
+    return {"score": best, "calibration": calibration, "within_band": bool(inside), "band": [b * fpr for b in band],
+            "worst_auroc": worst[best]["auroc"], "worst_fpr": fpr_of(best),
+            "worst_tpr": worst[best]["calibrations"][calibration]["tpr"]}
+
+
 def zoo_bench(models: dict[str, Path], seeds: list[int], cfg: ZooBench = ZooBench(), quiet: bool = False,
               load=None) -> tuple[dict, pd.DataFrame]:
     """:func:`zoo_seed` on every model and seed: (the ``zoo.json`` object, every image's scores)."""
@@ -213,8 +228,10 @@ def zoo_bench(models: dict[str, Path], seeds: list[int], cfg: ZooBench = ZooBenc
         out[name] = {"folder": str(folder), "family": adapter.family, "t": adapter.default_t,
                      "layer": adapter.default_layer, "n": runs[0]["n"], "guidance": runs[0]["guidance"],
                      "n_copies": summarize([r["n_copies"] for r in runs]), "scores": _aggregate(runs)}
+    worst = worst_case(out, cfg.fpr)
     return ({"seeds": list(seeds), "settings": asdict(cfg), "scores": list(SCORES), "models": out,
-             "worst_case": worst_case(out, cfg.fpr), "seconds": time.perf_counter() - t0},
+             "worst_case": worst, "default": choose_default(worst, cfg.fpr, f"regenerated-t{Calibration.t0}"),
+             "seconds": time.perf_counter() - t0},
             pd.concat(frames, ignore_index=True))
 
 
@@ -237,6 +254,10 @@ def zoo_table(r: dict) -> str:
         c = r["worst_case"][s]["calibrations"]
         lines.append(f"| {s} | " + " | ".join(f"{c[k]['fpr']:.3f} ({c[k]['fpr_model']}) / {c[k]['tpr']:.2f} "
                                               f"({c[k]['tpr_model']})" for k in cals) + " |")
+    d = r["default"]
+    lines += ["", f"Default by worst case ({d['calibration']}): **{d['score']}** — worst AUROC {d['worst_auroc']:.3f}, "
+              f"worst FPR {d['worst_fpr']:.3f} ({'inside' if d['within_band'] else 'outside'} "
+              f"[{d['band'][0]:g}, {d['band'][1]:g}]), worst TPR {d['worst_tpr']:.2f}."]
     return "\n".join(lines) + "\n"
 
 

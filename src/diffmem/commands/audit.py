@@ -21,10 +21,11 @@ from diffmem.detect.audit import CALIBRATIONS, Calibration, calibrate_on_referen
 from diffmem.detect.fusion import FusionDetector
 from diffmem.errors import check
 from diffmem.models import load_adapter
-from diffmem.outputs import check_out, output_dir, write_json
+from diffmem.outputs import check_out, output_dir
 from diffmem.plotting import plot_top_with_nearest, plt, save
 from diffmem.probe.sampling import sample_images
 from diffmem.report import build_report
+from diffmem.schemas import AuditFile, write_result
 from diffmem.data.sources import iter_inputs
 
 DETECTOR_FOLDER = "detector"     # a model folder's own detector (saved by `diffmem bench`), used by default
@@ -192,7 +193,7 @@ def audit(model: Model, out: Out,
         plot_top_with_nearest(x, scores, tmp / "top_flagged.png",
                               "highest-scoring samples" + (" (flagged)" if flags[top].all() else ""), train_x,
                               None if lab is None else lab["nearest"], None if lab is None else lab["ratio"])
-        write_json(tmp / "audit.json", result)
+        write_result(tmp / "audit.json", result, AuditFile)
         build_report(tmp)                                         # the verdict's page, next to audit.json
     return result
 

@@ -34,7 +34,7 @@ def scan(model: Model, images: Annotated[str, Opt("image folder, .npy/.npz array
          t: Annotated[float | None, Opt("timestep (default: 10, or σ=0.1 for theory models)", min=0)] = None,
          pool: Annotated[str | None, Opt("pooling (default: the family's)", choices=POOLS)] = None,
          batch_size: Annotated[int, Opt("images per forward pass", min=1)] = 32,
-         repeats: Annotated[int, Opt("noise draws averaged per image", min=1)] = 1,
+         repeats: Annotated[int, Opt("noise draws averaged per image", min=1, max=64)] = 1,
          detector: Annotated[str | None, Opt("a detector saved by `diffmem bench` (its DIR/detector): score and "
                                              "flag with it", metavar="DIR")] = None,
          on_error: Annotated[str, Opt("a bad image: an error row (skip) or a fatal error (fail)",

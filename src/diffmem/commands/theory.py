@@ -72,7 +72,7 @@ def diffusion(out: Out,
               n: Annotated[int, Opt("training images", min=1)] = 16,
               p: Annotated[int, Opt("hidden units", min=1)] = 64,
               steps: Annotated[int, Opt("training steps", min=1)] = 3000,
-              samples: Annotated[int, Opt("samples drawn", min=1)] = 64,
+              samples: Annotated[int, Opt("samples drawn", min=1, max=100000)] = 64,
               sample_steps: Annotated[int, Opt("Euler steps of the sampler", min=1)] = 50,
               seed: Seed = 0, quiet: Quiet = False) -> dict:
     """Train the time-conditioned ReLU diffusion model on n images, sample, retrieve neighbours.

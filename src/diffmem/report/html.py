@@ -13,6 +13,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from diffmem.errors import DiffmemError
 from diffmem.outputs import read_json
+from diffmem.schemas import AuditFile, read_result
 from diffmem.plotting import plt
 
 # figure file name → (section, caption: what it shows and what to look for)
@@ -149,7 +150,7 @@ def _tables(root: Path) -> list[dict]:
     tables = []
     for path in sorted(root.rglob("audit.json")):
         with _shape(path):
-            a = read_json(path)
+            a = read_result(path, AuditFile)
             rows_in = a.get("per_condition") or []
             if rows_in and "flags" in rows_in[0]:
                 top = sorted(rows_in, key=lambda r: (-r["share_flagged"], str(r["condition"])))[:20]
@@ -262,7 +263,7 @@ def build_report(root: str | os.PathLike, out_name: str = "report.html") -> Path
     verdict = None
     if audits:
         with _shape(audits[0]):
-            verdict = _verdict(read_json(audits[0]))
+            verdict = _verdict(read_result(audits[0], AuditFile))
     tables, figs = _tables(root), _figures(root)
     if not tables and not figs and verdict is None:
         raise DiffmemError(f"{root}: no diffmem results (no metrics JSON or figures) to report")
