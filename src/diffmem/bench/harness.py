@@ -16,7 +16,7 @@ from diffmem.bench.protocol import (aggregate, batches, evaluate_report, grouped
                                     split_overlap, summarize, thresholds, timed_against, tune)
 from diffmem.detect.detector import candidate_layers, image_keys
 from diffmem.detect.fusion import FusionDetector
-from diffmem.detect.methods import T_CANDIDATES, peer_methods
+from diffmem.detect.methods import peer_methods
 from diffmem.detect.metrics import fpr_threshold
 from diffmem.errors import check
 from diffmem.outputs import progress
@@ -109,7 +109,7 @@ def bench_seed(adapter: Adapter, train: torch.Tensor, copies: np.ndarray, refere
     ref_idx = np.arange(len(ref_b))
     layers = candidate_layers(adapter)
     conditional = classes is not None
-    methods = peer_methods(adapter, layers, reference[:half], train, seed, T_CANDIDATES, conditional)
+    methods = peer_methods(adapter, layers, reference[:half], train, seed, adapter.t_grid, conditional)
     yr, hard = y[rep], lab["hard_negative"][rep]
     results, tuning, report_scores = {}, {}, {}
     forward = lambda: unit_forward(adapter, x, keys, rep, batch_size)  # noqa: E731
@@ -129,7 +129,7 @@ def bench_seed(adapter: Adapter, train: torch.Tensor, copies: np.ndarray, refere
         tuning[m.name] = {"chosen": setting, "sign": "+" if sign > 0 else "-", "sign_flipped": sign < 0,
                           "description": m.description, "candidates": table}
         report_scores[m.name] = s_rep
-    det = FusionDetector(adapter, ts=T_CANDIDATES, layers=layers, fpr=fpr, batch_size=batch_size, seed=seed)
+    det = FusionDetector(adapter, layers=layers, fpr=fpr, batch_size=batch_size, seed=seed)
     det.fit(x[cal], y[cal], groups=lab["nearest"][cal], keys=[keys[k] for k in cal])
     s_rep, secs, ref_secs = timed_against(lambda: det.score(x[rep], [keys[k] for k in rep]), forward)
     unl = fpr_threshold(det.score(ref_b, ref_keys), fpr)
@@ -184,7 +184,7 @@ def image_bench(adapter: Adapter, seeds: list[int], cfg: ImageBench = ImageBench
         "memorized_copies_duplicated": summarize([r["counts"]["memorized_copies_duplicated"] for r in runs]),
         "sample_seconds": summarize([r["counts"]["sample_seconds"] for r in runs]),
         "guidance": cfg.guidance, "sampler": "ddim", "steps": cfg.steps, "n_samples": cfg.n, "fpr": cfg.fpr,
-        "copy_ratio": COPY_RATIO, "t_candidates": list(T_CANDIDATES),
+        "copy_ratio": COPY_RATIO, "t_candidates": list(adapter.t_grid),
         "n_reference": {"nemo_statistics": len(reference) // 2,
                         "unlabelled_threshold": len(reference) - len(reference) // 2},
         "seconds": time.perf_counter() - t0,
@@ -194,9 +194,9 @@ def image_bench(adapter: Adapter, seeds: list[int], cfg: ImageBench = ImageBench
 
 @torch.no_grad()
 def unit_forward(adapter, x, keys, idx, batch_size) -> None:
-    """One plain denoiser forward (null condition, t = 10) over the rows idx: the cost unit."""
+    """One plain denoiser forward (null condition, the family's default t) over the rows idx: the cost unit."""
     for b in batches(x, keys, None, idx, batch_size):
         z = adapter.prepare(b.x)
-        adapter.denoise(adapter.noise(z, T_CANDIDATES[0], generators(0, b.keys)), T_CANDIDATES[0], None)
+        adapter.denoise(adapter.noise(z, adapter.default_t, generators(0, b.keys)), adapter.default_t, None)
 
 

@@ -32,7 +32,7 @@ from diffmem.bench.protocol import (batches, evaluate_report, grouped_split, sco
                                     timed_against, tune)
 from diffmem.detect.detector import candidate_layers, image_keys
 from diffmem.detect.fusion import FusionDetector
-from diffmem.detect.methods import T_CANDIDATES, Native, peer_methods
+from diffmem.detect.methods import Native, peer_methods
 from diffmem.detect.metrics import auroc, fpr_threshold, rates_at, tpr_at_fpr
 from diffmem.errors import check
 from diffmem.outputs import progress
@@ -218,7 +218,7 @@ def prompt_bench_seed(adapter: Adapter, train_rt: torch.Tensor, copies: np.ndarr
           f"seed {seed}: the grouped split left one side without copies or non-copies")
     native = Native(seed, cfg.steps, cfg.guidance)
     layers = candidate_layers(adapter)
-    methods = peer_methods(adapter, layers, reference[:len(reference) // 2], train_rt, seed, T_CANDIDATES, True,
+    methods = peer_methods(adapter, layers, reference[:len(reference) // 2], train_rt, seed, adapter.t_grid, True,
                            native=native)
     part = lambda idx: batches(x, keys, conds, idx, cfg.batch_size, origins)  # noqa: E731
     forward = lambda: unit_forward(adapter, x, keys, rep, cfg.batch_size)    # noqa: E731
@@ -253,7 +253,7 @@ def prompt_bench_seed(adapter: Adapter, train_rt: torch.Tensor, copies: np.ndarr
                ref_secs, (m.needs_condition, m.needs_training_data, m.needs_gradients))
         tuning[m.name] = {"chosen": setting, "sign": "+" if sign > 0 else "-", "sign_flipped": sign < 0,
                           "description": m.description, "candidates": table}
-    det = FusionDetector(adapter, ts=T_CANDIDATES, layers=layers, fpr=cfg.fpr, batch_size=cfg.batch_size, seed=seed)
+    det = FusionDetector(adapter, layers=layers, fpr=cfg.fpr, batch_size=cfg.batch_size, seed=seed)
     det.fit(x[cal], y_all[cal], groups=group[cal], keys=[keys[k] for k in cal])
     s_rep, secs, ref_secs = timed_against(lambda: det.score(x[rep], [keys[k] for k in rep]), forward)
     record("fusion", det.oof_scores_, s_rep,
@@ -334,6 +334,6 @@ def prompt_bench(adapter: Adapter, seeds: list[int], cfg: PromptBench = PromptBe
         "prompt_methods": aggregate([r.prompt_results for r in runs]),
         "copy_share": shares,
         "sample_seconds": summarize([r.counts["sample_seconds"] for r in runs]),
-        "t_candidates": list(T_CANDIDATES), "seconds": time.perf_counter() - t0,
+        "t_candidates": list(adapter.t_grid), "seconds": time.perf_counter() - t0,
     }
     return result, runs, ps

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from diffmem.data.images import image_key
-from diffmem.detect.metrics import auroc
+from diffmem.detect.metrics import auroc, fpr_threshold
 from diffmem.errors import check
 from diffmem.outputs import progress
 from diffmem.probe.adapters import Adapter
@@ -25,8 +25,8 @@ def image_keys(images: torch.Tensor) -> list[str]:
 class SpikinessDetector:
     """Flags memorized images by the spikiness of one layer's pooled representation.
 
-    ``fit(negatives)`` calibrates ``threshold_`` so that a fraction ``fpr`` of known-generalized
-    images is flagged (the (1 − fpr)-quantile of their scores); ``score`` returns the statistic
+    ``fit(negatives)`` calibrates ``threshold_`` so that at most a fraction ``fpr`` of fresh
+    generalized images is flagged (:func:`~diffmem.detect.metrics.fpr_threshold`, split-conformal); ``score`` returns the statistic
     (higher = more memorized); ``predict`` compares it with the threshold. Layer, t and pooling
     default to the adapter family's recipe.
     """
@@ -58,7 +58,7 @@ class SpikinessDetector:
 
     def fit(self, negatives: torch.Tensor, keys: Sequence[str] | None = None) -> "SpikinessDetector":
         self.negative_scores_ = self.score(negatives, keys)
-        self.threshold_ = float(np.quantile(self.negative_scores_, 1.0 - self.fpr))
+        self.threshold_ = fpr_threshold(self.negative_scores_, self.fpr)           # split-conformal
         return self
 
     def predict(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> np.ndarray:

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from diffmem.detect.detector import candidate_layers, image_keys
-from diffmem.detect.methods import T_CANDIDATES
 from diffmem.detect.metrics import fpr_threshold
 from diffmem.errors import DiffmemError, check
 from diffmem.outputs import progress, write_json
@@ -112,7 +111,7 @@ def _significant_gain(new: np.ndarray, old: np.ndarray, y: np.ndarray, folds, ma
 class FusionDetector:
     """Flags memorized images from one denoiser forward: spikiness statistics + denoising residual.
 
-    Parameters: ``ts`` candidate timesteps, ``layers`` candidate layers (default: the adapter's
+    Parameters: ``ts`` candidate timesteps (default: the adapter's ``t_grid``), ``layers`` candidate layers (default: the adapter's
     spikiness candidates), ``max_features`` features kept by forward selection, ``C`` inverse L2
     strength, ``fpr`` target false-positive rate, ``folds`` grouped CV folds.
 
@@ -123,12 +122,13 @@ class FusionDetector:
     ``calibration_`` (what the threshold was fitted on).
     """
 
-    def __init__(self, adapter: Adapter | None = None, ts: Sequence[float] = T_CANDIDATES,
+    def __init__(self, adapter: Adapter | None = None, ts: Sequence[float] | None = None,
                  layers: Sequence[str] | None = None, max_features: int = 3, C: float = 1.0, fpr: float = 0.01,
                  folds: int = 5, batch_size: int = 256, seed: int = 0):
         check(0 < fpr < 1, f"fpr={fpr}: must be in (0, 1)")
         check(max_features >= 1, f"max_features={max_features}: must be >= 1")
-        self.adapter, self.ts, self.layers, self.max_features = adapter, tuple(ts), layers, max_features
+        self.adapter, self.layers, self.max_features = adapter, layers, max_features
+        self.ts = None if ts is None else tuple(ts)
         self.C, self.fpr, self.folds, self.batch_size, self.seed = C, fpr, folds, batch_size, seed
 
     def get_params(self, deep: bool = False) -> dict:
@@ -183,7 +183,7 @@ class FusionDetector:
         names = self._candidates()
         best = None
         self.selection_ = []
-        for t in self.ts:
+        for t in (self.ts if self.ts is not None else self.adapter.t_grid):
             X = self._features(images, keys, t, names)
             chosen: list[int] = []
             current = None                                    # out-of-fold scores of the chosen set

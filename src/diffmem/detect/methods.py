@@ -37,7 +37,6 @@ from diffmem.probe.adapters import Adapter, gaussian_like
 from diffmem.probe.represent import generators, noise_seed, represent
 from diffmem.stats import std as std_stat
 
-T_CANDIDATES = (10, 20, 50, 100, 200)
 ANISOTROPY_GAMMAS = (0.1, 0.3, 1.0, 3.0, 10.0)
 WEN_STEPS = (1, 3, 10)    # first generation steps averaged by the native Wen score
 SHARPNESS_STEP = 0.05     # central-difference step along the unit Δs direction, model-space units
@@ -339,13 +338,14 @@ def random_method(seed: int) -> Method:
 
 
 def peer_methods(adapter: Adapter, layers: Sequence[str], reference: torch.Tensor, train: torch.Tensor | None,
-                 seed: int, ts: Sequence[int] = T_CANDIDATES, conditional: bool = True,
+                 seed: int, ts: Sequence[float] | None = None, conditional: bool = True,
                  native: Native | None = None) -> list[Method]:
-    """Every method of the harness over the same timesteps ``ts`` (and ``layers`` for representation
+    """Every method of the harness over the same timesteps ``ts`` (default: the adapter's ``t_grid``; and ``layers`` for representation
     methods). ``reference``: held-out real images for NeMo; ``train``: the training set for the
     oracle (omitted when None); ``conditional``: include methods that need the condition; ``native``:
     score generated images, the prompt-based peers in their native setting (from each generation's
     initial noise) and the paper's untuned recipe beside the tuned spikiness."""
+    ts = adapter.t_grid if ts is None else ts
     ms = [spikiness_method(adapter, layers, ts, seed), denoising_loss_method(adapter, ts, seed),
           output_norm_method(adapter, ts, seed), nemo_method(adapter, layers, ts, reference, seed)]
     if native is not None:

@@ -35,7 +35,6 @@ from diffmem.probe.pooling import pool as pool_fn
 from diffmem.probe.represent import generators
 from diffmem.stats import std as std_stat
 
-LOSS_TS = (10, 50, 200)
 OURS = "spikiness.tail"
 BASELINES = ("loss.tail", "loss_gap.welch", "loss_gap.chart", "stable_rank.chart", "spikiness.chart")
 
@@ -83,7 +82,7 @@ class MemorizationMonitor:
 
     def __init__(self, probe_images: torch.Tensor, reference_images: torch.Tensor, every: int = 500,
                  layers: Sequence[str] | None = None, t: float | None = None,
-                 loss_ts: Sequence[float] = LOSS_TS, alpha: float = rules.ALPHA, tail: float = rules.TAIL,
+                 loss_ts: Sequence[float] | None = None, alpha: float = rules.ALPHA, tail: float = rules.TAIL,
                  seed: int = 0, batch_size: int = 256, scheduler=None):
         check(every >= 1, f"--every {every}: must be >= 1")
         check(len(probe_images) >= 8 and len(reference_images) >= 8, "monitor: need >= 8 probe and reference images")
@@ -92,7 +91,8 @@ class MemorizationMonitor:
               f"{tuple(reference_images.shape[1:])} differ in shape")
         self.probe, probe_keys = _unique(probe_images.float())             # (P', C, H, W)
         self.reference, ref_keys = _unique(reference_images.float())       # (R', C, H, W)
-        self.every, self.layers, self.t, self.loss_ts = every, list(layers or []), t, tuple(loss_ts)
+        self.every, self.layers, self.t = every, list(layers or []), t
+        self.loss_ts = None if loss_ts is None else tuple(loss_ts)
         self.alpha, self.tail, self.seed, self.batch_size = alpha, tail, seed, batch_size
         self.scheduler = scheduler
         self.keys = probe_keys + ref_keys
@@ -103,7 +103,7 @@ class MemorizationMonitor:
         self._wrapped: tuple | None = None      # (model, its adapter): rebuilt when another model comes
 
     def get_params(self) -> dict:
-        return {"every": self.every, "layers": self.layers, "t": self.t, "loss_ts": list(self.loss_ts),
+        return {"every": self.every, "layers": self.layers, "t": self.t, "loss_ts": None if self.loss_ts is None else list(self.loss_ts),
                 "alpha": self.alpha, "tail": self.tail, "seed": self.seed, "batch_size": self.batch_size,
                 "n_probe": len(self.probe), "n_reference": len(self.reference)}
 
@@ -131,9 +131,10 @@ class MemorizationMonitor:
         from diffmem.detect.detector import candidate_layers
         layers = self.layers or candidate_layers(adapter)
         t_spike = adapter.default_t if self.t is None else self.t
-        ts = sorted(set(self.loss_ts) | {t_spike})
+        loss_ts = self.loss_ts if self.loss_ts is not None else adapter.t_grid[::2]   # 10, 50, 200 for diffusers
+        ts = sorted(set(loss_ts) | {t_spike})
         x = torch.cat([self.probe, self.reference])                                    # (N, C, H, W)
-        loss = {t: [] for t in self.loss_ts}
+        loss = {t: [] for t in loss_ts}
         spikes = {name: [] for name in layers}
         for i in range(0, len(x), self.batch_size):
             z = adapter.prepare(x[i:i + self.batch_size])                             # (B, C', H', W')

@@ -79,6 +79,7 @@ class Adapter:
     image_channels: int
     default_pool: str = "auto"
     default_t: float = 10
+    t_grid: tuple[float, ...] = (10, 20, 50, 100, 200)   # timesteps tuned over (bench, fusion detector, monitor)
     cfg_order: str = "uncond_cond"      # batch order of classifier-free guidance in this family
     condition_kind: str | None = None   # "class" | "prompt" | None
     num_classes: int | None = None      # real classes (the null class excluded) when condition_kind == "class"
@@ -463,6 +464,7 @@ class TheoryAdapter(Adapter):
     default_pool = "flatten"
     steering_pool = "flatten"
     default_t = 0.1
+    t_grid = (0.05, 0.1, 0.2, 0.5, 1.0)                   # noise levels σ
 
     def __init__(self, model: nn.Module, image_shape: tuple[int, int, int], path=None, record=None):
         super().__init__(path, record)
