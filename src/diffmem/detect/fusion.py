@@ -23,10 +23,8 @@ from diffmem.detect.detector import candidate_layers, image_keys
 from diffmem.detect.metrics import fpr_threshold
 from diffmem.errors import DiffmemError, check
 from diffmem.outputs import progress, write_json
-from diffmem.probe.adapters import Adapter, gaussian_like
-from diffmem.probe.capture import Capture
-from diffmem.probe.pooling import pool as pool_fn
-from diffmem.probe.represent import generators
+from diffmem.probe.adapters import Adapter
+from diffmem.probe.represent import forward, generators
 from diffmem.stats import std as std_stat
 
 RESIDUAL = "residual"
@@ -37,14 +35,9 @@ def one_forward_features(adapter: Adapter, x: torch.Tensor, keys: Sequence[str],
                          layers: Sequence[str], seed: int) -> dict[str, np.ndarray]:
     """``{"residual": log ‖ε̂ − ε‖², layer: log std(pool(layer))}``, each (B,), from one full forward of
     images x (B, C, H, W) noised at t with the null condition."""
-    z = adapter.prepare(x)                                                       # (B, C', H', W')
-    eps = gaussian_like(z, generators(seed, keys))                               # (B, C', H', W')
-    z_t = adapter.add_noise(z, t, eps)
-    with Capture(adapter.denoiser, list(layers), adapter.call_counts, early_exit=False) as cap:
-        pred = adapter.predict_eps(z_t, t, None).float()                             # (B, C', H', W')
-    out = {RESIDUAL: (pred - eps.float()).flatten(1).pow(2).sum(1).clamp_min(1e-30).log()}
-    for name in layers:
-        v = pool_fn(cap.activations[name].float(), adapter.default_pool)          # (B, C)
+    f = forward(adapter, x, t, generators(seed, keys), layers)
+    out = {RESIDUAL: (f.eps_hat.float() - f.eps.float()).flatten(1).pow(2).sum(1).clamp_min(1e-30).log()}
+    for name, v in f.pooled(adapter.default_pool).items():                       # (B, C)
         out[name] = std_stat(v.double()).clamp_min(1e-30).log()
     return {k: v.detach().cpu().double().numpy() for k, v in out.items()}
 

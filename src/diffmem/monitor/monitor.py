@@ -30,9 +30,7 @@ from diffmem.models.load import wrap_model
 from diffmem.monitor import rules
 from diffmem.outputs import write_json
 from diffmem.probe.adapters import Adapter, gaussian_like
-from diffmem.probe.capture import Capture
-from diffmem.probe.pooling import pool as pool_fn
-from diffmem.probe.represent import generators
+from diffmem.probe.represent import forward, generators
 from diffmem.stats import std as std_stat
 
 OURS = "spikiness.tail"
@@ -140,15 +138,11 @@ class MemorizationMonitor:
             z = adapter.prepare(x[i:i + self.batch_size])                             # (B, C', H', W')
             eps = gaussian_like(z, generators(self.seed, self.keys[i:i + self.batch_size]))
             for t in ts:
-                z_t = adapter.add_noise(z, t, eps)                                     # (B, C', H', W')
-                names = layers if t == t_spike else []
-                with Capture(adapter.denoiser, names, adapter.call_counts, early_exit=False) as cap:
-                    eps_hat = adapter.predict_eps(z_t, t, None).float()                # (B, C', H', W')
+                f = forward(adapter, None, t, layers=layers if t == t_spike else [], z=z, eps=eps)
                 if t in loss:
-                    loss[t].append((eps_hat - eps.float()).pow(2).flatten(1).mean(1).cpu())
-                for name in names:
-                    v = pool_fn(cap.activations[name].float(), adapter.default_pool)   # (B, C'')
-                    spikes[name].append(std_stat(v).cpu())
+                    loss[t].append((f.eps_hat.float() - eps.float()).pow(2).flatten(1).mean(1).cpu())
+                for name, v in f.pooled(adapter.default_pool).items():                # (B, C'')
+                    spikes[name].append(std_stat(v.double()))
         p = len(self.probe)
         per_loss = torch.stack([torch.cat(v) for v in loss.values()]).mean(0).double().numpy()   # (N,)
         tails = {name: rules.tail_test(s[:p], s[p:], self.tail)

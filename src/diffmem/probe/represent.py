@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from diffmem.errors import DiffmemError
-from diffmem.probe.adapters import Adapter
+from diffmem.probe.adapters import Adapter, gaussian_like
 from diffmem.probe.capture import Capture
 from diffmem.probe.pooling import pool as pool_fn
 from diffmem.stats import all_stats
@@ -25,30 +26,51 @@ def generators(seed: int, keys: Sequence[str], repeat: int = 0) -> list[torch.Ge
     return [torch.Generator().manual_seed(noise_seed(seed, k, repeat)) for k in keys]
 
 
+@dataclass
+class Forward:
+    """One denoiser call on images noised at t: ``eps`` the noise drawn (B, C', H', W'), ``eps_hat`` the
+    noise prediction (None after an early exit), ``activations`` {layer: raw output} of the captured layers."""
+
+    eps: torch.Tensor
+    eps_hat: torch.Tensor | None
+    activations: dict[str, torch.Tensor]
+
+    def pooled(self, pool: str) -> dict[str, torch.Tensor]:
+        """{layer: (B, C)} float32 pooled activations, on the CPU."""
+        return {name: pool_fn(act.float(), pool).cpu() for name, act in self.activations.items()}
+
+
 @torch.no_grad()
+def forward(adapter: Adapter, x: torch.Tensor | None, t: float, gens: Sequence[torch.Generator] | None = None,
+            layers: Sequence[str] = (), cond=None, early_exit: bool = False, z: torch.Tensor | None = None,
+            eps: torch.Tensor | None = None) -> Forward:
+    """THE primitive every score, detector, monitor and concept vector calls: pixel images x
+    (B, C, H, W) → model space (``prepare``, or the given ``z``), noise ε from ``gens`` (or the given
+    ``eps``) at timestep t, one denoiser call with ``cond`` (default: the null condition), the
+    ``layers`` captured (hooks always removed); ``early_exit`` stops after the last captured layer."""
+    adapter.validate_t(t)
+    z = adapter.prepare(x) if z is None else z                                   # (B, C', H', W')
+    eps = gaussian_like(z, gens) if eps is None else eps                         # (B, C', H', W')
+    z_t = adapter.add_noise(z, t, eps)                                           # (B, C', H', W')
+    cond = adapter.null_condition(z.shape[0]) if cond is None else cond
+    eps_hat = None
+    with Capture(adapter.denoiser, list(layers), adapter.call_counts, early_exit=early_exit and bool(layers)) as cap:
+        eps_hat = adapter.predict_eps(z_t, t, cond)
+    return Forward(eps, eps_hat, cap.activations)
+
+
 def capture_layers(adapter: Adapter, x: torch.Tensor, layers: Sequence[str], t: float,
                    gens: Sequence[torch.Generator], cond=None, early_exit: bool = True,
                    z: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Raw activations of ``layers`` for pixel images x (B, C, H, W) noised at t.
-
-    ``z`` skips ``prepare`` (e.g. VAE encoding) when the model-space input is already known.
-    """
-    adapter.validate_t(t)
-    z = adapter.prepare(x) if z is None else z
-    z_t = adapter.noise(z, t, gens)
-    cond = adapter.null_condition(x.shape[0]) if cond is None else cond
-    with Capture(adapter.denoiser, list(layers), adapter.call_counts, early_exit=early_exit) as cap:
-        adapter.denoise(z_t, t, cond)
-    return cap.activations
+    """Raw activations of ``layers`` for pixel images x (B, C, H, W) noised at t (:func:`forward`)."""
+    return forward(adapter, x, t, gens, layers, cond, early_exit, z).activations
 
 
 def represent(adapter: Adapter, x: torch.Tensor, layers: Sequence[str], t: float, pool: str,
               gens: Sequence[torch.Generator], cond=None, early_exit: bool = True) -> dict[str, torch.Tensor]:
     """Pooled vectors {layer: (B, C')} of pixel images x (B, C, H, W)."""
-    acts = capture_layers(adapter, x, layers, t, gens, cond, early_exit)
     out = {}
-    for name, act in acts.items():
-        v = pool_fn(act.float(), pool).cpu()
+    for name, v in forward(adapter, x, t, gens, layers, cond, early_exit).pooled(pool).items():
         if not bool(torch.isfinite(v).all()):
             raise DiffmemError(f"layer {name!r}: NaN or infinite activations")
         out[name] = v
@@ -75,8 +97,7 @@ def spikiness(adapter: Adapter, x: torch.Tensor, keys: Sequence[str], layer: str
         if z is None:
             with torch.no_grad():
                 z = adapter.prepare(x)
-        acts = capture_layers(adapter, x, [layer], t, gens, cond, z=z)
-        v = pool_fn(acts[layer].float(), pool).cpu()                     # (B, C)
+        v = forward(adapter, x, t, gens, [layer], cond, early_exit=True, z=z).pooled(pool)[layer]   # (B, C)
         bad = ~torch.isfinite(v).all(dim=1)
         if bool(bad.any()):
             if not nan_ok:
