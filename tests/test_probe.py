@@ -11,7 +11,7 @@ from diffmem.errors import DiffmemError
 from diffmem.models import load_adapter, save_theory_model
 from diffmem.models.tiny import SAVERS
 from diffmem.probe import Capture, CustomAdapter, capture_layers, generators, pool, spikiness
-from diffmem.scan import scan
+from diffmem.scan import ScanConfig, scan
 from diffmem.theory.model import ReLUDAE
 
 FAMILIES = ["unet2d", "stable_diffusion", "dit"]
@@ -189,13 +189,13 @@ def write_pngs(folder, n, size=20, seed=0):
 def test_scan_32_images_written_reread_and_reproducible(tiny, family, tmp_path):
     a = load_adapter(tiny[family])
     folder = write_pngs(tmp_path / "imgs", 32)
-    s1 = scan(a, folder, tmp_path / "o1", batch_size=8, seed=5, quiet=True)
-    scan(a, folder, tmp_path / "o2", batch_size=5, seed=5, quiet=True)
+    s1 = scan(a, folder, tmp_path / "o1", ScanConfig(batch_size=8, seed=5), quiet=True)
+    scan(a, folder, tmp_path / "o2", ScanConfig(batch_size=5, seed=5), quiet=True)
     df1 = pd.read_parquet(tmp_path / "o1" / "scores.parquet")
     df2 = pd.read_parquet(tmp_path / "o2" / "scores.parquet")
     assert len(df1) == 32 and df1["error"].isna().all()
     assert {"path", "sha256", "layer", "t", "score", "std", "kurtosis", "participation_ratio"} <= set(df1.columns)
-    s3 = scan(a, folder, tmp_path / "o3", batch_size=8, seed=5, quiet=True)
+    s3 = scan(a, folder, tmp_path / "o3", ScanConfig(batch_size=8, seed=5), quiet=True)
     df3 = pd.read_parquet(tmp_path / "o3" / "scores.parquet")
     pd.testing.assert_frame_equal(df1, df3, check_exact=True)          # same settings: identical
     pd.testing.assert_frame_equal(df1, df2, check_exact=False, rtol=1e-4)  # other batch size: same up to rounding
@@ -221,7 +221,7 @@ def test_scan_inputs_npy_manifest_and_bad_images(tiny, tmp_path):
     assert df.loc[df.path.str.endswith("empty.png"), "error"].str.contains("empty file").all()
     assert set(df["label"].dropna()) == {"0", "1"}
     with pytest.raises(DiffmemError, match="empty.png: empty file"):
-        scan(a, man, tmp_path / "o_fail", on_error="fail", quiet=True)
+        scan(a, man, tmp_path / "o_fail", ScanConfig(on_error="fail"), quiet=True)
     np.save(tmp_path / "bad.npy", np.zeros((4,), dtype=np.float32))
     with pytest.raises(DiffmemError, match="expected images"):
         scan(a, tmp_path / "bad.npy", tmp_path / "o_bad", quiet=True)
@@ -236,7 +236,7 @@ def test_nan_activations_are_an_error_row(tiny, tmp_path):
     s = scan(a, folder, tmp_path / "o", quiet=True)
     assert s["n_errors"] == 3
     with pytest.raises(DiffmemError, match="NaN"):
-        scan(a, folder, tmp_path / "o2", on_error="fail", quiet=True)
+        scan(a, folder, tmp_path / "o2", ScanConfig(on_error="fail"), quiet=True)
 
 
 def test_plain_name_means_the_last_call_with_or_without_call_counts():
@@ -297,3 +297,24 @@ def test_cuda_scores_match_cpu(tmp_path):
     cpu = SpikinessDetector(load_adapter(path, device="cpu")).score(x)
     gpu = SpikinessDetector(load_adapter(path, device="cuda")).score(x)
     assert np.allclose(cpu, gpu, rtol=1e-3)
+
+
+def test_forward_is_the_one_primitive_and_leaves_no_hooks(tmp_path):
+    from diffmem.models import load_adapter
+    from diffmem.models.tiny import SAVERS
+    from diffmem.probe.adapters import gaussian_like
+    from diffmem.probe.represent import forward, generators, represent
+    a = load_adapter(SAVERS["unet2d"](tmp_path / "m", seed=0))
+    x = torch.rand(3, 1, a.image_size, a.image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    keys = ["a", "b", "c"]
+    f = forward(a, x, 20, generators(0, keys), [a.default_layer])
+    z = a.prepare(x)
+    eps = gaussian_like(z, generators(0, keys))
+    with torch.no_grad():
+        want = a.predict_eps(a.add_noise(z, 20, eps), 20, None)
+    assert torch.equal(f.eps, eps) and torch.equal(f.eps_hat, want)
+    early = forward(a, x, 20, generators(0, keys), [a.default_layer], early_exit=True)
+    assert early.eps_hat is None and torch.equal(early.activations[a.default_layer], f.activations[a.default_layer])
+    assert torch.equal(represent(a, x, [a.default_layer], 20, "spatial_max", generators(0, keys))[a.default_layer],
+                       f.pooled("spatial_max")[a.default_layer])
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in a.denoiser.modules())

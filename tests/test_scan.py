@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from diffmem.errors import DiffmemError
 from diffmem.models import load_adapter
 from diffmem.models.tiny import SAVERS
-from diffmem.scan import scan
+from diffmem.scan import ScanConfig, scan
 from diffmem.data.sources import iter_inputs
 from tests.test_probe import write_pngs
 
@@ -149,7 +149,7 @@ def test_fault_corpus_never_crashes_a_scan(model_dir, tmp_path):
     assert bad.set_index(bad.path.str.rsplit("/", n=1).str[-1])["error"]["bad_huge.png"].count("too large") == 1
     assert s["n_inputs"] == 10
     with pytest.raises(DiffmemError, match="bad_"):
-        scan(load_adapter(model_dir), folder, tmp_path / "out2", on_error="fail", quiet=True)
+        scan(load_adapter(model_dir), folder, tmp_path / "out2", ScanConfig(on_error="fail"), quiet=True)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -187,7 +187,7 @@ def test_fatal_error_before_any_part_leaves_nothing(model_dir, tmp_path):
     folder.mkdir()
     (folder / "a.png").write_bytes(b"")
     with pytest.raises(DiffmemError, match="a.png: empty file"):
-        scan(load_adapter(model_dir), folder, tmp_path / "out", on_error="fail", quiet=True)
+        scan(load_adapter(model_dir), folder, tmp_path / "out", ScanConfig(on_error="fail"), quiet=True)
     assert not (tmp_path / "out").exists()
 
 
@@ -198,7 +198,7 @@ def test_scan_and_python_api_give_the_same_score_for_the_same_image(model_dir, t
     from diffmem.detect import SpikinessDetector
     folder = write_pngs(tmp_path / "same", 6, size=16)
     adapter = load_adapter(model_dir)
-    table = scan(adapter, folder, tmp_path / "out", batch_size=4, seed=5, quiet=True)
+    table = scan(adapter, folder, tmp_path / "out", ScanConfig(batch_size=4, seed=5), quiet=True)
     df = pd.read_parquet(tmp_path / "out" / "scores.parquet")
     images = torch.from_numpy(load_images(folder, size=16, channels=1))
     api = SpikinessDetector(adapter, seed=5, batch_size=4).score(images)
@@ -207,10 +207,9 @@ def test_scan_and_python_api_give_the_same_score_for_the_same_image(model_dir, t
 
 
 def test_engine_throughput_reports_marginal_speed_and_equal_rows(model_dir, monkeypatch):
-    from diffmem.commands.probe import scan as run_scan
     from diffmem.scan import bench
     monkeypatch.setattr(bench, "ENGINES", {k: v for k, v in bench.ENGINES.items() if v["engine"] == "local"})
-    res = bench.engine_throughput(run_scan, model_dir, 16, 32, 128, batch_size=8, part_size=64, quiet=True)
+    res = bench.engine_throughput(model_dir, 16, 32, 128, batch_size=8, part_size=64, quiet=True)
     assert res["part_size"] == 8                                 # small runs still give every worker blocks
     for name in ("local_1_thread", "local_2_threads"):
         assert res[name]["images_per_second"] > 0 and res[name]["startup_seconds"] >= 0

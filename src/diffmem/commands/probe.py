@@ -15,6 +15,7 @@ from diffmem.models import load_adapter
 from diffmem.outputs import check_out, output_dir, write_json
 from diffmem.probe.pooling import POOLS
 from diffmem.probe.represent import capture_layers, generators
+from diffmem.scan import RayConfig, ScanConfig, run
 
 
 def layers(model: Model, json_output: Annotated[bool, Opt("print JSON instead of a table", flag="--json")] = False,
@@ -59,25 +60,11 @@ def scan(model: Model, images: Annotated[str, Opt("image folder, .npy/.npz array
     ``threads``: torch threads of the local process, or of each Ray worker (default: all cores
     locally, 1 per worker). Kernels reduce in a thread-count-dependent order, so the two engines
     give bit-identical tables when their thread counts match."""
-    from diffmem.scan import scan as scan_local
     check_out(out)
-    rng = parse_range(input_range)
-    if engine == "ray":
-        from diffmem.scan.ray_engine import scan_ray
-        return scan_ray(model, images, out, layer=layer, t=t, pool=pool, batch_size=batch_size, repeats=repeats,
-                        seed=seed, on_error=on_error, resume=resume, workers=workers, ray_address=ray_address,
-                        allow_pickle=allow_pickle, part_size=part_size, threads=threads or 1, detector=detector,
-                        device=device, dtype=dtype, gpus_per_worker=gpus_per_worker, input_range=rng,
-                        allow_outside=allow_outside, quiet=quiet)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or before)
-    try:
-        adapter = load_adapter(model, allow_pickle, device, dtype)
-        return scan_local(adapter, images, out, layer=layer, t=t, pool=pool, batch_size=batch_size, repeats=repeats,
-                          seed=seed, on_error=on_error, resume=resume, part_size=part_size, detector=detector,
-                          input_range=rng, allow_outside=allow_outside, quiet=quiet)
-    finally:
-        torch.set_num_threads(before)
+    cfg = ScanConfig(layer, t, pool, batch_size, repeats, seed, on_error, part_size, detector,
+                     parse_range(input_range), allow_outside)
+    ray = RayConfig(workers, threads or 1, ray_address, gpus_per_worker)
+    return run(model, images, out, cfg, engine, ray, resume, threads, device, dtype, allow_pickle, quiet)
 
 
 def bench_scan(n_images: Annotated[int, Opt("images per engine on the compute-bound model (the overhead case "
@@ -103,7 +90,7 @@ def bench_scan(n_images: Annotated[int, Opt("images per engine on the compute-bo
         for case, (model, size, n) in cases.items():
             res[case] = {"model": "tiny UNet2D 64x64 (64, 128) built in code" if case == "compute_bound"
                          else "shipped 16x16 hybrid", **engine_throughput(
-                             scan, model, size, n // 8, n, batch_size, part_size, seed, quiet)}
+                             model, size, n // 8, n, batch_size, part_size, seed, quiet)}
             one = res[case]["local_1_thread"]["images_per_second"]
             res[case]["seconds_per_image_1_thread"] = 1 / one
     large = f"{rss_images // 1000}k"

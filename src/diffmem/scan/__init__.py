@@ -1,5 +1,7 @@
-"""Streaming, resumable scans of many images."""
+"""Streaming, resumable scans of many images: one :class:`ScanConfig`, one :func:`run`, two engines."""
 
-from diffmem.scan.local import scan
+from diffmem.scan.local import ScanConfig, scan
+from diffmem.scan.ray_engine import RayConfig
+from diffmem.scan.run import run
 
-__all__ = ["scan"]
+__all__ = ["RayConfig", "ScanConfig", "run", "scan"]

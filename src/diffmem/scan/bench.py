@@ -18,9 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from diffmem.scan import RayConfig, ScanConfig, run
+
 ENGINES = {"local_1_thread": {"engine": "local", "threads": 1}, "local_2_threads": {"engine": "local", "threads": 2},
-           "ray_1_worker": {"engine": "ray", "workers": 1, "threads": 1},
-           "ray_2_workers": {"engine": "ray", "workers": 2, "threads": 1}}
+           "ray_1_worker": {"engine": "ray", "ray": RayConfig(workers=1, threads=1)},
+           "ray_2_workers": {"engine": "ray", "ray": RayConfig(workers=2, threads=1)}}
+ONE_THREAD = ("local_1_thread", "ray_1_worker", "ray_2_workers")      # one torch thread per process
 
 
 def write_images(path: Path, n: int, size: int, seed: int = 0) -> Path:
@@ -33,9 +36,9 @@ def write_images(path: Path, n: int, size: int, seed: int = 0) -> Path:
     return path
 
 
-def engine_throughput(scan, model: str | Path, size: int, n_small: int, n_large: int, batch_size: int,
+def engine_throughput(model: str | Path, size: int, n_small: int, n_large: int, batch_size: int,
                       part_size: int, seed: int = 0, quiet: bool = False) -> dict:
-    """Every engine of :data:`ENGINES` on the same inputs (``scan`` is the command-level scan):
+    """Every engine of :data:`ENGINES` on the same inputs (:func:`diffmem.scan.run`):
     ``{engine: {images_per_second, startup_seconds, wall_seconds, images}}`` plus ``rows_equal``
     (every table equal to ``local_1_thread``'s within float32 noise: rtol 1e-4, atol 1e-5),
     ``bit_identical`` (engines with one thread per process) and ``max_abs_diff``."""
@@ -49,8 +52,8 @@ def engine_throughput(scan, model: str | Path, size: int, n_small: int, n_large:
             for n, f in files.items():
                 dest = tmp / f"{name}_{n}"
                 t0 = time.perf_counter()
-                scan(str(model), str(f), str(dest), batch_size=batch_size, part_size=part_size, seed=seed,
-                     quiet=quiet, **kw)
+                run(str(model), str(f), str(dest), ScanConfig(batch_size=batch_size, part_size=part_size, seed=seed),
+                    quiet=quiet, **kw)
                 wall[n] = time.perf_counter() - t0
             ips = (n_large - n_small) / max(wall[n_large] - wall[n_small], 1e-9)
             out[name] = {"images_per_second": ips, "startup_seconds": max(0.0, wall[n_small] - n_small / ips),
@@ -64,16 +67,16 @@ def engine_throughput(scan, model: str | Path, size: int, n_small: int, n_large:
     out["rows_equal"] = all(t["index"].equals(base["index"]) and t["sha256"].equals(base["sha256"])
                             and np.allclose(t[num].to_numpy(), base[num].to_numpy(), rtol=1e-4, atol=1e-5,
                                             equal_nan=True) for t in tables.values())
-    out["bit_identical"] = all(tables[k].equals(base) for k, kw in ENGINES.items() if kw.get("threads") == 1)
+    out["bit_identical"] = all(tables[k].equals(base) for k in ONE_THREAD if k in tables)
     return out
 
 
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec, so a child would report its parent's peak
 _RSS_CHILD = """
 import sys
-from diffmem.commands.probe import scan
-scan(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=int(sys.argv[4]), part_size=int(sys.argv[5]), threads=1,
-     quiet=True)
+from diffmem.scan import ScanConfig, run
+run(sys.argv[1], sys.argv[2], sys.argv[3], ScanConfig(batch_size=int(sys.argv[4]), part_size=int(sys.argv[5])),
+    threads=1, quiet=True)
 print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024)
 """
 

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -162,21 +163,48 @@ def batch_cap(batch_size: int, part_size: int, n_inputs: int) -> int:
     return max(1, min(batch_size, part_size, n_inputs))
 
 
-def scan(adapter: Adapter, images: str | os.PathLike, out: str | os.PathLike, layer: str | None = None,
-         t: float | None = None, pool: str | None = None, batch_size: int = 32, repeats: int = 1,
-         seed: int = 0, on_error: str = "skip", resume: bool = False, part_size: int = 256,
-         detector: str | os.PathLike | None = None, input_range=None, allow_outside: bool = False,
-         quiet: bool = False) -> dict:
+@dataclass(frozen=True)
+class ScanConfig:
+    """What a scan computes, whatever the engine: ``layer``, ``t``, ``pool`` (None: the family's
+    recipe), noise ``repeats`` and ``seed``, a saved ``detector`` folder instead (its t and features),
+    ``batch_size`` and ``part_size`` (inputs per committed Parquet part), ``on_error`` ('skip': an
+    error row; 'fail'), ``input_range`` (lo, hi) of arrays and ``allow_outside`` (manifest paths)."""
+
+    layer: str | None = None
+    t: float | None = None
+    pool: str | None = None
+    batch_size: int = 32
+    repeats: int = 1
+    seed: int = 0
+    on_error: str = "skip"
+    part_size: int = 256
+    detector: str | None = None
+    input_range: tuple[float, float] | None = None
+    allow_outside: bool = False
+
+    def __post_init__(self):
+        check(self.on_error in ("skip", "fail"), f"--on-error {self.on_error!r}: 'skip' or 'fail'")
+        check(self.batch_size >= 1 and self.part_size >= 1, "--batch-size and --part-size must be >= 1")
+
+
+def prepare(adapter: Adapter, images: str | os.PathLike, cfg: ScanConfig, threads: int) -> tuple[dict, Source, int]:
+    """Every engine's set-up, before any work: (the resolved settings with their resume fingerprint,
+    the validated input source, the batch inputs are padded to)."""
+    settings = scan_settings(adapter, cfg.layer, cfg.t, cfg.pool, cfg.repeats, cfg.seed, detector=cfg.detector)
+    source = Source(images, adapter.image_size, adapter.image_channels, cfg.input_range, cfg.allow_outside)
+    batch_size = batch_cap(cfg.batch_size, cfg.part_size, len(source))
+    settings.update(fingerprint(adapter, source, batch_size, threads, cfg.input_range))
+    return settings, source, batch_size
+
+
+def scan(adapter: Adapter, images: str | os.PathLike, out: str | os.PathLike, cfg: ScanConfig = ScanConfig(),
+         resume: bool = False, quiet: bool = False) -> dict:
     """Score every input of ``images`` and write ``out/scores.parquet`` + ``out/summary.json``.
 
     ``parts/settings.json`` records the settings and a fingerprint of the model weights, the inputs,
     batch size and threads; ``resume`` refuses any difference, naming it."""
-    check(on_error in ("skip", "fail"), f"--on-error {on_error!r}: 'skip' or 'fail'")
-    check(batch_size >= 1 and part_size >= 1, "--batch-size and --part-size must be >= 1")
-    settings = scan_settings(adapter, layer, t, pool, repeats, seed, detector=detector)
-    source = Source(images, adapter.image_size, adapter.image_channels, input_range, allow_outside)
-    batch_size = batch_cap(batch_size, part_size, len(source))
-    settings.update(fingerprint(adapter, source, batch_size, torch.get_num_threads(), input_range))
+    settings, source, batch_size = prepare(adapter, images, cfg, torch.get_num_threads())
+    on_error, part_size = cfg.on_error, cfg.part_size
     out = Path(out)
     parts = out / "parts"
     t0, n_new = time.perf_counter(), 0

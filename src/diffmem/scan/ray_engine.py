@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,7 @@ import numpy as np
 from diffmem.errors import DiffmemError, check
 from diffmem.outputs import progress
 from diffmem.data.sources import Source
-from diffmem.scan.local import (_commit, batch_cap, committed_parts, finalize, fingerprint, scan_settings,
-                               score_items)
+from diffmem.scan.local import ScanConfig, _commit, committed_parts, finalize, prepare, score_items
 
 
 def _import_ray():
@@ -51,24 +51,33 @@ class _ScanWorker:
                            self.batch_size)
 
 
-def scan_ray(model: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike, layer: str | None = None,
-             t: float | None = None, pool: str | None = None, batch_size: int = 32, repeats: int = 1, seed: int = 0,
-             on_error: str = "skip", resume: bool = False, workers: int = 2, ray_address: str | None = None,
-             allow_pickle: bool = False, part_size: int = 256, threads: int = 1, detector: str | None = None,
-             device: str = "cpu", dtype: str = "float32", gpus_per_worker: float = 0.0, input_range=None,
-             allow_outside: bool = False, quiet: bool = False) -> dict:
-    """Scan with Ray Data; same outputs as :func:`diffmem.scan.scan`, plus ``startup_seconds``
-    (starting or joining Ray). ``gpus_per_worker`` > 0 reserves GPUs per actor (its model then runs
-    on ``cuda`` unless ``device`` says otherwise)."""
+@dataclass(frozen=True)
+class RayConfig:
+    """The Ray engine's own settings: ``workers`` model actors of ``threads`` torch threads each,
+    ``ray_address`` (an existing cluster; None starts a local Ray), ``gpus_per_worker`` (> 0: each
+    actor's model runs on cuda unless the device says otherwise)."""
+
+    workers: int = 2
+    threads: int = 1
+    ray_address: str | None = None
+    gpus_per_worker: float = 0.0
+
+    def __post_init__(self):
+        check(self.workers >= 1 and self.threads >= 1, "--workers and --threads must be >= 1")
+        check(self.gpus_per_worker >= 0, f"--gpus-per-worker {self.gpus_per_worker}: must be >= 0")
+
+
+def scan_ray(model: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
+             cfg: ScanConfig = ScanConfig(), engine: RayConfig = RayConfig(), resume: bool = False,
+             allow_pickle: bool = False, device: str = "cpu", dtype: str = "float32", quiet: bool = False) -> dict:
+    """Scan with Ray Data; same outputs as :func:`diffmem.scan.local.scan`, plus ``startup_seconds``
+    (starting or joining Ray)."""
     from diffmem.models import load_adapter
     ray = _import_ray()
-    check(gpus_per_worker >= 0, f"--gpus-per-worker {gpus_per_worker}: must be >= 0")
-    check(batch_size >= 1 and part_size >= 1 and workers >= 1, "--batch-size, --part-size and --workers must be >= 1")
     adapter = load_adapter(model, allow_pickle=allow_pickle, device="cpu", dtype=dtype)   # settings only
-    settings = scan_settings(adapter, layer, t, pool, repeats, seed, detector=detector)
-    source = Source(images, adapter.image_size, adapter.image_channels, input_range, allow_outside)
-    batch_size = batch_cap(batch_size, part_size, len(source))
-    settings.update(fingerprint(adapter, source, batch_size, threads, input_range))
+    settings, source, batch_size = prepare(adapter, images, cfg, engine.threads)
+    workers, part_size, on_error, threads = engine.workers, cfg.part_size, cfg.on_error, engine.threads
+    gpus_per_worker, ray_address = engine.gpus_per_worker, engine.ray_address
     worker_device = ("cuda" if gpus_per_worker else "cpu") if device == "auto" else device
     out = Path(out)
     t0 = time.perf_counter()
