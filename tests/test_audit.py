@@ -87,7 +87,7 @@ def test_input_format_does_not_change_the_flagged_share(tmp_path):
     whether both arrive as 28×28 arrays, as 28×28 PNG folders or pre-resized to 16×16 (PIL bicubic);
     arrays and PNG folders give identical flags."""
     from PIL import Image
-    from diffmem.bench.harness import HYBRID
+    from diffmem.data.records import HYBRID
     from diffmem.data.images import FASHION_MNIST_DIR, _read_idx
     if not FASHION_MNIST_DIR.is_dir():
         pytest.skip(f"{FASHION_MNIST_DIR}: needs the 10,000 test images of dataset-fashion-mnist")

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from diffmem.bench.dataset import Duplication, build_training_set
-from diffmem.bench.labels import label_samples
+from diffmem.train.dataset import Duplication, build_training_set
+from diffmem.neighbours import label_samples
 from diffmem.errors import DiffmemError
 from diffmem.models import load_adapter
 from diffmem.models.tiny import SAVERS
@@ -166,7 +166,7 @@ def test_sample_command_writes_labelled_manifest(tiny_bench_model, tmp_path):
 
 def test_shipped_subset_matches_the_debian_package(monkeypatch, tmp_path):
     """The demo must run without Fashion-MNIST installed: the shipped subset stands in, pixel for pixel."""
-    import diffmem.bench.data as data
+    import diffmem.data.records as data
     rec = json.loads((data.ASSETS / "bench" / "hybrid" / "diffmem.json").read_text())
     picks = rec["indices"][:5] + rec["indices"][-3:]
     real = data.fashion_mnist_train(picks, 16) if data.FASHION_MNIST_DIR.is_dir() else None

@@ -48,7 +48,7 @@ def test_zoo_models_are_small_diffusers_folders_with_records():
 @pytest.mark.slow
 @needs_fmnist
 def test_regenerate_keeps_the_image_at_small_t0(tiny_bench_model):
-    from diffmem.bench.harness import reference_images
+    from diffmem.data.records import reference_images
     from diffmem.models import load_adapter
     from diffmem.probe.sampling import regenerate
     adapter = load_adapter(tiny_bench_model)

@@ -58,7 +58,7 @@ def test_pipeline_steps_are_the_documented_ones():
 
 
 def test_fashion_mnist_loader_goes_through_the_same_pipeline(tmp_path):
-    from diffmem.bench.data import SUBSET, fashion_mnist_reference
+    from diffmem.data.records import SUBSET, fashion_mnist_reference
     if not SUBSET.exists():
         pytest.fail(f"{SUBSET} is shipped with the package")
     pixels = np.load(SUBSET)["test_images"][:20]                                  # (20, 28, 28) uint8

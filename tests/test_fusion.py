@@ -82,7 +82,7 @@ def test_unfitted_and_bad_saved_detectors_fail_clearly(adapter, tmp_path):
 def test_shipped_hybrid_detector_is_refused_on_a_theory_model(tmp_path):
     """Its t = 10… are diffusers timesteps; on a theory model they would be read as σ = 10…"""
     import torch
-    from diffmem.bench.harness import HYBRID
+    from diffmem.data.records import HYBRID
     from diffmem.models import load_adapter
     from diffmem.models.load import save_theory_model
     from diffmem.theory.diffusion import ReLUDiffusion
@@ -96,7 +96,7 @@ def test_shipped_hybrid_detector_is_refused_on_a_theory_model(tmp_path):
 @pytest.mark.parametrize("field", ["threshold", "intercept"])
 def test_non_finite_saved_detector_is_refused(adapter, tmp_path, field):
     import shutil
-    from diffmem.bench.harness import HYBRID
+    from diffmem.data.records import HYBRID
     from diffmem.models import load_adapter
     shutil.copytree(HYBRID / "detector", tmp_path / "d")
     meta = json.loads((tmp_path / "d" / "detector.json").read_text())
@@ -109,7 +109,7 @@ def test_non_finite_saved_detector_is_refused(adapter, tmp_path, field):
 def test_a_detector_fitted_on_other_weights_is_refused_unless_allowed(tmp_path):
     """The shipped hybrid's detector records its model's weights hash; the same architecture with other
     weights (the memorization model) is refused, naming the flag that overrides it."""
-    from diffmem.bench.harness import HYBRID
+    from diffmem.data.records import HYBRID
     from diffmem.models import load_adapter
     from diffmem.models.load import model_fingerprint
     meta = json.loads((HYBRID / "detector" / "detector.json").read_text())

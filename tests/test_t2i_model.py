@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffmem.bench.data import ASSETS
+from diffmem.data.records import ASSETS
 from diffmem.cli import main
 
 T2I = ASSETS / "bench" / "t2i"
@@ -60,7 +60,7 @@ def test_every_training_item_counts_as_a_copy_of_itself_through_the_vae():
     a copy of its own item (exactly), and stays one when its latent is perturbed by 5% of the latent
     scale (all duplicated items, ≥ 99% of all; measured 99.8%). Against the raw images, the pixel rule
     calls only a minority of round trips copies (measured 36%): why round trips are the reference."""
-    from diffmem.bench.labels import label_samples
+    from diffmem.neighbours import label_samples
     from diffmem.models import load_adapter
     a = load_adapter(T2I)
     train = _images(RECORD["indices"])

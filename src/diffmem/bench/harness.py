@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diffmem.bench.data import ASSETS, record_channels, record_reference_images, record_training_images
-from diffmem.bench.labels import COPY_RATIO, label_samples
+from diffmem.data.records import copy_targets, reference_images
+from diffmem.neighbours import COPY_RATIO, label_samples
 from diffmem.bench.protocol import (aggregate, batches, evaluate_report, grouped_split, score_settings,
                                     split_overlap, summarize, thresholds, timed_against, tune)
 from diffmem.detect.detector import candidate_layers, image_keys
@@ -24,48 +24,9 @@ from diffmem.probe.adapters import Adapter
 from diffmem.probe.represent import generators
 from diffmem.probe.sampling import sample_images
 
-HYBRID = ASSETS / "bench" / "hybrid"
 DETECTOR = "fusion"      # the name of our shipped detector's method row
 
-__all__ = ["DETECTOR", "HYBRID", "ImageBench", "aggregate", "bench_seed", "copy_targets", "image_bench",
-           "reference_images", "require_record",
-           "summarize", "training_images"]
-
-
-def require_record(adapter: Adapter, why: str = "exact labels need the training set") -> None:
-    """Fail before any work when the model has no training record (``diffmem.json``)."""
-    check(adapter.record is not None, f"{adapter.path or 'model'}: no diffmem.json training record; {why}")
-
-
-def _check_shape(adapter: Adapter) -> None:
-    rec = adapter.record
-    check((adapter.image_channels, adapter.image_size) == (record_channels(rec), rec.size),
-          f"{rec.data}: training images of shape ({record_channels(rec)}, {rec.size}, {rec.size}) do not match "
-          f"the model's ({adapter.image_channels}, {adapter.image_size}, {adapter.image_size})")
-
-
-def training_images(adapter: Adapter) -> tuple[torch.Tensor, np.ndarray]:
-    """The distinct training images (M, C, H, W) in [-1, 1] of a model with a training record, and
-    how often each was seen (M,)."""
-    require_record(adapter)
-    _check_shape(adapter)
-    return record_training_images(adapter.record)
-
-
-def copy_targets(adapter: Adapter) -> tuple[torch.Tensor, np.ndarray]:
-    """What a copy of each training image looks like through the model — its round trip
-    (:meth:`~diffmem.probe.adapters.Adapter.round_trip`; the images themselves for pixel families) —
-    (M, C, H, W), and how often each was seen (M,): the reference of exact copy labels."""
-    train, copies = training_images(adapter)
-    return adapter.round_trip(train), copies
-
-
-def reference_images(adapter) -> tuple[torch.Tensor, np.ndarray | None]:
-    """Held-out real images the model never trained on (N, C, H, W) in [-1, 1], and their classes
-    (None when the data set has none)."""
-    require_record(adapter, "held-out reference images come from its training data")
-    _check_shape(adapter)
-    return record_reference_images(adapter.record)
+__all__ = ["DETECTOR", "ImageBench", "bench_seed", "image_bench", "unit_forward"]
 
 
 def _row(report: np.ndarray, y: np.ndarray, hard: np.ndarray, deploy: float, unlabelled: float | None, fpr: float,

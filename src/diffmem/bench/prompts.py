@@ -27,7 +27,7 @@ import torch
 from scipy.stats import spearmanr
 
 from diffmem.bench.harness import unit_forward
-from diffmem.bench.labels import label_samples
+from diffmem.neighbours import label_samples
 from diffmem.bench.protocol import (batches, evaluate_report, grouped_split, score_settings, split_overlap,
                                     timed_against, tune)
 from diffmem.detect.detector import candidate_layers, image_keys
@@ -309,7 +309,7 @@ def prompt_bench(adapter: Adapter, seeds: list[int], cfg: PromptBench = PromptBe
     level: ``auroc``, ``tpr_at_1pct_fpr``, ``deployable``/``unlabelled`` {fpr, tpr}, ``spearman``,
     ``n_positive``, ``n_negative``), each figure {mean, sd, per_seed}; ``copy_share`` per prompt kind;
     ``prompts`` (count per kind); the settings."""
-    from diffmem.bench.harness import copy_targets, reference_images, require_record
+    from diffmem.data.records import copy_targets, reference_images, require_record
     from diffmem.bench.protocol import aggregate, summarize
     require_record(adapter)
     ps = record_prompts(adapter.record, per_kind, prompts)

@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diffmem.bench.data import ASSETS
-from diffmem.bench.harness import copy_targets, reference_images
-from diffmem.bench.labels import label_samples
+from diffmem.data.records import ASSETS
+from diffmem.data.records import copy_targets, reference_images
+from diffmem.neighbours import label_samples
 from diffmem.bench.protocol import summarize
 from diffmem.detect.audit import Calibration
 from diffmem.detect.detector import image_keys

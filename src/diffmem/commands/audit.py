@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diffmem.bench.harness import reference_images, training_images
-from diffmem.bench.labels import label_samples
+from diffmem.data.records import reference_images, training_images
+from diffmem.neighbours import label_samples
 from diffmem.commands.options import (AllowOutside, AllowPickle, BatchSize, Classes, Device, DType, Guidance,
                                       InputRange, Model, Opt, Out, Prompts, Quiet, Seed, Steps, listed, read_prompts)
 from diffmem.commands.options import input_range as parse_range

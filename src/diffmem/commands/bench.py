@@ -9,8 +9,9 @@ from typing import Annotated
 import numpy as np
 import pandas as pd
 
-from diffmem.bench.harness import DETECTOR, HYBRID, ImageBench, copy_targets, image_bench, require_record
-from diffmem.bench.labels import label_samples
+from diffmem.bench.harness import DETECTOR, ImageBench, image_bench
+from diffmem.data.records import HYBRID, copy_targets, require_record
+from diffmem.neighbours import label_samples
 from diffmem.bench.prompts import PromptBench, prompt_bench
 from diffmem.bench.zoo import ZOO, ZooBench, plot_zoo, zoo_bench, zoo_table
 from diffmem.commands.options import (AllowPickle, BatchSize, Classes, Device, DType, Guidance, Model, Opt, Out,

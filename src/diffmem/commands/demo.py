@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from diffmem.bench.harness import HYBRID
+from diffmem.data.records import HYBRID
 from diffmem.commands.audit import audit
 from diffmem.commands.bench import bench, sample
 from diffmem.commands.evaluate import evaluate

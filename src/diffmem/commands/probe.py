@@ -79,7 +79,7 @@ def bench_scan(n_images: Annotated[int, Opt("images per engine on the compute-bo
     compute-bound 64×64 UNet built in code and on the shipped 16×16 model (the overhead case), with
     start-up apart and every table checked equal; peak RSS of scanning 1,000 vs ``rss_images``
     images of a .npy memmap. One run; ``scan_bench.json``."""
-    from diffmem.bench.harness import HYBRID
+    from diffmem.data.records import HYBRID
     from diffmem.models.tiny import save_tiny_unet2d
     from diffmem.scan.bench import engine_throughput, peak_rss_mb
     check_out(out)

@@ -10,9 +10,9 @@ from typing import Annotated
 import numpy as np
 import torch
 
-from diffmem.bench.data import fashion_mnist_reference
-from diffmem.bench.harness import HYBRID, copy_targets, reference_images, require_record
-from diffmem.bench.labels import label_samples
+from diffmem.data.records import fashion_mnist_reference
+from diffmem.data.records import HYBRID, copy_targets, reference_images, require_record
+from diffmem.neighbours import label_samples
 from diffmem.commands.options import AllowPickle, Device, DType, Guidance, Opt, Out, Quiet, Seed, Steps, listed
 from diffmem.data import FASHION_MNIST_CLASSES, load_images
 from diffmem.errors import DiffmemError, check

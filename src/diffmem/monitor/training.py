@@ -10,8 +10,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from diffmem.bench.data import record_reference_images, record_training_images
-from diffmem.bench.labels import label_samples
+from diffmem.data.records import record_reference_images, record_training_images
+from diffmem.neighbours import label_samples
 from diffmem.errors import check
 from diffmem.models.record import ModelRecord
 from diffmem.monitor.monitor import MemorizationMonitor

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffmem.bench.dataset import Duplication, build_training_set, load_source
+from diffmem.data.records import load_source
+from diffmem.train.dataset import Duplication, build_training_set
 from diffmem.errors import check
 from diffmem.outputs import output_dir, progress
 from diffmem.train import cosine_schedule, update

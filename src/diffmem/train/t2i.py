@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffmem.bench.dataset import Duplication
+from diffmem.train.dataset import Duplication
 from diffmem.errors import check
 from diffmem.outputs import output_dir, progress
 from diffmem.train import cosine_schedule, update
@@ -215,7 +215,7 @@ def copy_share(adapter, items: dict, train_rt: torch.Tensor, train_pos: np.ndarr
     trips ``train_rt`` (M, 3, H, W) of the training items (positions ``train_pos``): the share that
     copies a training item (d1/d2 < 1/3, ``copy``), its own item (``own_copy``), a duplicated item
     (``copies_duplicated``), and a duplicated item of the caption's class and colour (``copies_template``)."""
-    from diffmem.bench.labels import label_samples
+    from diffmem.neighbours import label_samples
     from diffmem.probe.sampling import sample_images
     prompts = [items["caption"][j] for j in which for _ in range(generations)]
     own = np.repeat(which, generations)

@@ -1,4 +1,4 @@
-"""Training sets with controlled duplication, built from Fashion-MNIST or any image source."""
+"""Training sets with controlled duplication (the source images come from :func:`diffmem.data.records.load_source`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diffmem.data import load_fashion_mnist, load_images
-from diffmem.data.images import to_model_input
 from diffmem.errors import check
 
 
@@ -28,14 +26,6 @@ class Duplication:
                   f"--dup {text!r}: expected COUNTxCOPIES[,COUNTxCOPIES…] with positive integers")
             out.append(cls(int(a), int(b)))
         return out
-
-
-def load_source(source: str, size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Images (N, C, size, size) in [-1, 1] and class labels (N,) when the source has them."""
-    if source in ("fashion-mnist", "fashion-mnist:train"):
-        x, y = load_fashion_mnist("train")
-        return to_model_input(x, source, size), y
-    return load_images(source, size=size), None
 
 
 def build_training_set(images: np.ndarray, labels: np.ndarray | None, distinct: int,

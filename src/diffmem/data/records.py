@@ -1,4 +1,5 @@
-"""The Fashion-MNIST images a shipped model was trained on, from Debian's package or the shipped subset.
+"""A model's training and held-out images from its training record (``diffmem.json``): Fashion-MNIST
+from Debian's package or the shipped subset, or any image source.
 
 ``assets/fashion_mnist_subset.npz`` holds, at 28×28 uint8, every training image the shipped
 checkpoints use (with their original indices in the 60,000-image training split) and the first
@@ -18,6 +19,7 @@ from diffmem.errors import DiffmemError, check
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SUBSET = ASSETS / "fashion_mnist_subset.npz"
+HYBRID = ASSETS / "bench" / "hybrid"        # the shipped hybrid model (the benchmark's and demo's default)
 N_REFERENCE = 1000
 
 
@@ -48,8 +50,16 @@ def fashion_mnist_reference(size: int, n: int = N_REFERENCE) -> tuple[torch.Tens
             z["test_labels"][:n].astype(np.int64))
 
 
+def load_source(source: str, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images (N, C, size, size) in [-1, 1] and class labels (N,) when the source has them."""
+    if source in ("fashion-mnist", "fashion-mnist:train"):
+        x, y = load_fashion_mnist("train")
+        return to_model_input(x, source, size), y
+    from diffmem.data.sources import load_images
+    return load_images(source, size=size), None
+
+
 def _source(record) -> tuple[np.ndarray, np.ndarray | None]:
-    from diffmem.bench.dataset import load_source
     images, labels = load_source(record.data, record.size)
     check(max(record.indices) < len(images), f"{record.data}: the training record indexes past its {len(images)} images")
     return images, labels
@@ -79,6 +89,42 @@ def record_reference_images(record) -> tuple[torch.Tensor, np.ndarray | None]:
     unused = np.setdiff1d(np.arange(len(images)), record.indices)
     check(len(unused) >= 4, f"{record.data}: no held-out images left for reference statistics")
     return torch.from_numpy(images[unused]), None if labels is None else labels[unused]
+
+
+def require_record(adapter, why: str = "exact labels need the training set") -> None:
+    """Fail before any work when the model has no training record (``diffmem.json``)."""
+    check(adapter.record is not None, f"{adapter.path or 'model'}: no diffmem.json training record; {why}")
+
+
+def _check_shape(adapter) -> None:
+    rec = adapter.record
+    check((adapter.image_channels, adapter.image_size) == (record_channels(rec), rec.size),
+          f"{rec.data}: training images of shape ({record_channels(rec)}, {rec.size}, {rec.size}) do not match "
+          f"the model's ({adapter.image_channels}, {adapter.image_size}, {adapter.image_size})")
+
+
+def training_images(adapter) -> tuple[torch.Tensor, np.ndarray]:
+    """The distinct training images (M, C, H, W) in [-1, 1] of a model with a training record, and
+    how often each was seen (M,)."""
+    require_record(adapter)
+    _check_shape(adapter)
+    return record_training_images(adapter.record)
+
+
+def copy_targets(adapter) -> tuple[torch.Tensor, np.ndarray]:
+    """What a copy of each training image looks like through the model — its round trip
+    (:meth:`~diffmem.probe.adapters.Adapter.round_trip`; the images themselves for pixel families) —
+    (M, C, H, W), and how often each was seen (M,): the reference of exact copy labels."""
+    train, copies = training_images(adapter)
+    return adapter.round_trip(train), copies
+
+
+def reference_images(adapter) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Held-out real images the model never trained on (N, C, H, W) in [-1, 1], and their classes
+    (None when the data set has none)."""
+    require_record(adapter, "held-out reference images come from its training data")
+    _check_shape(adapter)
+    return record_reference_images(adapter.record)
 
 
 def build_subset(records: list[dict], out: Path = SUBSET) -> Path:
