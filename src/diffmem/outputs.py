@@ -124,3 +124,16 @@ def progress(iterable: Iterable | None = None, **kwargs) -> tqdm:
     """A tqdm progress bar on stderr that honours :func:`set_quiet`."""
     disable = kwargs.pop("disable", False) or _QUIET
     return tqdm(iterable, disable=disable, dynamic_ncols=True, mininterval=0.5, leave=False, **kwargs)
+
+
+def write_pngs(images, folder: Path, names: Iterable[str] | None = None) -> list[str]:
+    """Images (N, C, H, W) in [-1, 1] as 8-bit PNGs (gray or RGB) in ``folder`` (created), named
+    ``NNNNN.png`` unless ``names``; returns the file names."""
+    from PIL import Image
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"{j:05d}.png" for j in range(len(images))] if names is None else list(names)
+    for im, name in zip(images, names):
+        px = ((im + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+        Image.fromarray(px[0] if px.shape[0] == 1 else px.transpose(1, 2, 0)).save(folder / name)
+    return names

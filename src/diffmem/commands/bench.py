@@ -19,7 +19,7 @@ from diffmem.commands.options import (AllowPickle, BatchSize, Classes, Device, D
 from diffmem.detect.evaluation import plot_kde, plot_roc
 from diffmem.errors import check
 from diffmem.models import load_adapter
-from diffmem.outputs import check_out, output_dir, write_json
+from diffmem.outputs import check_out, output_dir, write_json, write_pngs
 from diffmem.plotting import plot_top_with_nearest
 from diffmem.probe.sampling import sample_images
 
@@ -34,7 +34,6 @@ def sample(model: Model, out: Out, n: Annotated[int, Opt("samples to draw", min=
 
     Writes ``DIR/images/NNNNN.png`` (RGB or gray) and ``DIR/manifest.jsonl`` (path, class or prompt, and
     with a training record: nearest, d1, d2, ratio, memorized, nearest_duplicated, hard_negative, label)."""
-    from PIL import Image
     check_out(out)
     prompt_list = read_prompts(prompts)
     adapter = load_adapter(model, allow_pickle, device, dtype)
@@ -43,13 +42,9 @@ def sample(model: Model, out: Out, n: Annotated[int, Opt("samples to draw", min=
     x = sample_images(adapter, n, conds, guidance, steps, sampler, seed, batch_size, quiet)
     lab = label_samples(x, *train) if train is not None else None
     with output_dir(out) as tmp:
-        (tmp / "images").mkdir()
         rows = []
-        for j, im in enumerate(x):
-            name = f"images/{j:05d}.png"
-            px = ((im + 1) * 127.5).round().clamp(0, 255).byte().numpy()
-            Image.fromarray(px[0] if px.shape[0] == 1 else px.transpose(1, 2, 0)).save(tmp / name)
-            row = {"path": name, "seed": seed, "guidance": guidance}
+        for j, name in enumerate(write_pngs(x, tmp / "images")):
+            row = {"path": f"images/{name}", "seed": seed, "guidance": guidance}
             if conds is not None:
                 row["class" if adapter.condition_kind == "class" else "prompt"] = conds[j]
             if lab is not None:

@@ -78,3 +78,242 @@ def flag_quality(flags, copies) -> dict:
             "recall": tp / int(c.sum()) if c.any() else None,
             "n_copies": int(c.sum()), "true_positives": tp,
             "fpr_generated_non_copies": float(f[~c].mean()) if (~c).any() else None}
+
+
+DETECTOR_FOLDER = "detector"     # a model folder's own detector (saved by `diffmem bench`), used by default
+
+
+@dataclass(frozen=True)
+class AuditInputs:
+    """What is audited, against what. ``images``: a folder, array or manifest to audit (None: sample
+    ``n`` images, cycling ``classes`` or ``prompts``); ``reference``: held-out real images (None: the
+    training record's), or ``reference_prompts`` (text-to-image: the threshold is fitted on generations
+    of never-trained prompts, named ``reference_prompts_name``); ``train``: training images to label
+    copies (None: the record's); ``detector``: a saved detector folder (None: the model's own
+    ``detector/``, else the label-free residual), refused when fitted on other weights unless
+    ``allow_other_model``; ``input_range`` and ``allow_outside`` as for every image input."""
+
+    images: str | None = None
+    n: int = 1000
+    classes: tuple[int, ...] | None = None
+    prompts: tuple[str, ...] | None = None
+    reference: str | None = None
+    reference_prompts: tuple[str, ...] | None = None
+    reference_prompts_name: str | None = None
+    train: str | None = None
+    detector: str | None = None
+    allow_other_model: bool = False
+    input_range: tuple[float, float] | None = None
+    allow_outside: bool = False
+
+    def __post_init__(self):
+        check(self.images is None or (self.classes is None and self.prompts is None),
+              "--classes/--prompts: only when sampling (without --images)")
+        check(self.reference_prompts is None or (self.reference is None and self.images is None),
+              "--reference-prompts: not with --reference or --images")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """How: the target ``fpr``, the threshold's ``calibration``, at most ``n_reference`` reference
+    images, sampling ``guidance`` and DDIM ``steps``, ``batch_size``, ``n_boot`` bootstrap resamples
+    of the flagged share, ``seed``."""
+
+    fpr: float = 0.01
+    calibration: Calibration = Calibration()
+    n_reference: int = 1000
+    guidance: float = 1.0
+    steps: int = 50
+    batch_size: int = 256
+    n_boot: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class Audit:
+    """An audit's results: ``result`` (the ``audit.json`` object), ``frame`` (one row per sample),
+    the audited images ``x`` (N, C, H, W), their ``scores`` (N,), the calibration set's ``null_scores``,
+    the ``train`` images (M, C, H, W) or None, the copy labels ``lab`` (or None), ``sampled``."""
+
+    result: dict
+    frame: object
+    x: torch.Tensor
+    scores: np.ndarray
+    null_scores: np.ndarray
+    train: torch.Tensor | None
+    lab: dict | None
+    sampled: bool
+
+
+def _given_images(inputs: AuditInputs, adapter) -> tuple[torch.Tensor, list[str], list]:
+    """Images (N, C, H, W) of a folder, array or manifest, their paths and prompts (manifest ``prompt``)."""
+    from diffmem.data.sources import iter_inputs
+    xs, paths, conds = [], [], []
+    for item in iter_inputs(inputs.images, adapter.image_size, adapter.image_channels, inputs.input_range,
+                            inputs.allow_outside):
+        image, _ = item.loader()                               # a bad input raises, naming itself
+        xs.append(torch.from_numpy(image))
+        paths.append(item.path)
+        conds.append(item.prompt)
+    check(len(xs) > 0, f"--images {inputs.images}: no images")
+    return torch.stack(xs), paths, conds
+
+
+def _references(adapter, inputs: AuditInputs, cfg: AuditConfig):
+    """(real reference images (N, C, H, W) or None, their conditions for generations, name, calibration)."""
+    from diffmem.data.records import reference_images
+    from diffmem.data.sources import load_images
+    if inputs.reference_prompts is not None:        # generations already are the model's renderings
+        conds = adapter.conditions(cfg.n_reference, prompts=list(inputs.reference_prompts))
+        return (None, conds, inputs.reference_prompts_name, Calibration("reference"),
+                f"generations of {len(inputs.reference_prompts):,} never-trained prompts")
+    if inputs.reference is not None:
+        ref = torch.from_numpy(load_images(inputs.reference, size=adapter.image_size, channels=adapter.image_channels,
+                                           limit=cfg.n_reference, input_range=inputs.input_range))
+        return ref, None, inputs.reference, cfg.calibration, cfg.calibration.describe("held-out real images")
+    check(adapter.record is not None, f"--reference: {adapter.path} has no training record; pass held-out real "
+                                      f"images the model never trained on")
+    return (reference_images(adapter)[0][:cfg.n_reference], None, f"held-out images of {adapter.record.data}",
+            cfg.calibration, cfg.calibration.describe("held-out real images"))
+
+
+def _training(adapter, inputs: AuditInputs) -> tuple[torch.Tensor | None, str | None]:
+    from diffmem.data.records import training_images
+    from diffmem.data.sources import load_images
+    if inputs.train is not None:
+        x = torch.from_numpy(load_images(inputs.train, size=adapter.image_size, channels=adapter.image_channels,
+                                         input_range=inputs.input_range))
+        check(len(x) >= 2, f"--train {inputs.train}: need at least 2 training images")
+        return x, inputs.train
+    if adapter.record is not None:
+        return training_images(adapter)[0], "training record"
+    return None, None
+
+
+def _detector(adapter, inputs: AuditInputs, cfg: AuditConfig):
+    from pathlib import Path
+    from diffmem.detect.fusion import FusionDetector
+    folder = Path(inputs.detector) if inputs.detector is not None else (
+        Path(adapter.path) / DETECTOR_FOLDER if adapter.path is not None else None)
+    if inputs.detector is not None or (folder is not None and folder.is_dir()):
+        det = FusionDetector.load(folder, adapter, inputs.allow_other_model)
+        source = inputs.detector or f"{DETECTOR_FOLDER}/ of the model"
+    else:
+        det, source = FusionDetector.residual_only(adapter, seed=cfg.seed), "label-free denoising residual"
+    det.batch_size, det.fpr = cfg.batch_size, cfg.fpr
+    return det, source
+
+
+def run_audit(adapter, inputs: AuditInputs = AuditInputs(), cfg: AuditConfig = AuditConfig(),
+              quiet: bool = False) -> Audit:
+    """Sample ``inputs.n`` images (or take ``inputs.images``), fit a threshold at ``cfg.fpr`` on the
+    calibration set (:class:`Calibration`), flag every sample, and — with training data — check the flags
+    against exact copies (d1/d2 < 1/3 against the round trips of the training images). Every input is
+    resolved and checked before any sampling."""
+    import time
+    import pandas as pd
+    from diffmem.data.images import image_key
+    from diffmem.neighbours import label_samples
+    from diffmem.probe.sampling import sample_images
+    t0 = time.perf_counter()
+    ref, ref_conds, ref_name, cal, calibration = _references(adapter, inputs, cfg)
+    train_x, train_name = _training(adapter, inputs)
+    det, det_source = _detector(adapter, inputs, cfg)
+    if inputs.images is not None:
+        x, paths, conds = _given_images(inputs, adapter)
+    else:
+        conds = adapter.conditions(inputs.n, classes=inputs.classes,
+                                   prompts=None if inputs.prompts is None else list(inputs.prompts))
+        x = sample_images(adapter, inputs.n, conds, cfg.guidance, cfg.steps, "ddim", cfg.seed, cfg.batch_size, quiet)
+        paths = [f"images/{j:05d}.png" for j in range(inputs.n)]
+    if ref is None:                       # generations of the reference prompts, from noise the samples do not use
+        ref = sample_images(adapter, cfg.n_reference, ref_conds, cfg.guidance, cfg.steps, "ddim", cfg.seed,
+                            cfg.batch_size, quiet, indices=range(len(x), len(x) + cfg.n_reference))
+    null = cal.null_images(adapter, ref, cfg.seed, cfg.batch_size)
+    null_scores = det.score(null, [image_key(im) for im in null])
+    threshold, realized = calibrate_on_reference(null_scores, cfg.fpr, cfg.seed)
+    real_fpr = (float((det.score(ref, [image_key(im) for im in ref]) > threshold).mean())
+                if null is not ref else None)
+    scores = det.score(x, [image_key(im) for im in x])
+    flags = scores > threshold
+    share, lo, hi = share_ci(flags, cfg.n_boot, seed=cfg.seed)
+    frame = pd.DataFrame({"index": np.arange(len(x)), "path": paths,
+                          "condition": [None if c is None else str(c) for c in (conds or [None] * len(x))],
+                          "score": scores, "flagged": flags})
+    sampled = inputs.images is None
+    result = {"n": len(x), "n_flagged": int(flags.sum()), "share_flagged": share, "share_flagged_ci": [lo, hi],
+              "threshold": threshold, "fpr_target": cfg.fpr, "realized_fpr_reference": realized,
+              "fpr_real_reference": real_fpr, "n_reference": len(ref), "calibration": calibration,
+              "calibration_settings": {"kind": cal.kind, "t0": cal.t0 if cal.kind == "regenerated" else None,
+                                       "steps": cal.steps},
+              "detector": {"source": det_source, "t": det.t_, "features": det.features_},
+              "model": str(adapter.path), "images": inputs.images, "reference": ref_name, "train": train_name,
+              "sampled": sampled, "guidance": cfg.guidance if sampled else None,
+              "steps": cfg.steps if sampled else None, "seed": cfg.seed}
+    lab = None
+    if train_x is not None:
+        # copies are judged against what the model can reproduce of each training image (its VAE round trip)
+        lab = label_samples(x, adapter.round_trip(train_x), np.ones(len(train_x)))
+        frame["nearest"], frame["d1"], frame["d2"] = lab["nearest"], lab["d1"], lab["d2"]
+        frame["ratio"], frame["copy"] = lab["ratio"], lab["memorized"]
+        result.update(flag_quality(flags, lab["memorized"]))
+    from diffmem.data import FASHION_MNIST_CLASSES
+    names = FASHION_MNIST_CLASSES if (adapter.record is not None and adapter.record.data == "fashion-mnist"
+                                      and adapter.condition_kind == "class" and sampled) else None
+    result["per_condition"] = per_condition(frame, names, with_flags=adapter.condition_kind == "prompt")
+    result["verdict"] = verdict(result)
+    result["seconds"] = time.perf_counter() - t0
+    return Audit(result, frame, x, scores, null_scores, train_x, lab, sampled)
+
+
+def verdict(r: dict) -> str:
+    """The audit's one-sentence answer, from its ``audit.json`` object."""
+    share, lo, hi = r["share_flagged"], *r["share_flagged_ci"]
+    text = (f"{r['n_flagged']:,} of {r['n']:,} samples ({100 * share:.1f}%, 95% CI {100 * lo:.1f}–{100 * hi:.1f}%) "
+            f"look memorized at a {100 * r['fpr_target']:g}% false-positive rate "
+            f"(realized {100 * r['realized_fpr_reference']:.1f}% on {r['n_reference']:,} {r['calibration']}"
+            + ("" if r.get("fpr_real_reference") is None else
+               f"; {100 * r['fpr_real_reference']:.1f}% of the real images themselves") + ").")
+    if r.get("precision") is not None or r.get("recall") is not None:
+        p = "—" if r["precision"] is None else f"{100 * r['precision']:.0f}%"
+        rc = "—" if r["recall"] is None else f"{100 * r['recall']:.0f}%"
+        text += (f" Against the training set, {r['n_copies']:,} samples are copies; {p} of the flags are copies "
+                 f"and {rc} of the copies are flagged.")
+        if r.get("fpr_generated_non_copies") is not None:
+            text += f" Of the samples that copy nothing, {100 * r['fpr_generated_non_copies']:.1f}% are flagged."
+    return text
+
+
+def per_condition(frame, names=None, with_flags: bool = False) -> list[dict]:
+    """Counts per class or prompt (``name``: the class's name when known); ``with_flags`` (prompts): also
+    each generation's flag in sample order and, with training data, the prompt's ``strength`` (the share of
+    its generations that copy a training image)."""
+    rows = []
+    for cond, g in frame.groupby(frame["condition"].fillna("all"), sort=True):
+        row = {"condition": cond, "n": int(len(g)), "n_flagged": int(g["flagged"].sum()),
+               "share_flagged": float(g["flagged"].mean())}
+        if names is not None and str(cond).isdigit() and int(cond) < len(names):
+            row["name"] = names[int(cond)]
+        if "copy" in g:
+            row["n_copies"] = int(g["copy"].sum())
+        if with_flags:
+            row["flags"] = [bool(v) for v in g["flagged"]]
+            if "copy" in g:
+                row["strength"] = float(g["copy"].mean())
+        rows.append(row)
+    return rows
+
+
+def plot_scores(scores, null_scores, threshold: float, fpr: float, what: str, path):
+    """Histogram of the audited scores against the calibration set's, with the threshold."""
+    from diffmem.plotting import plt, save
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    lo, hi = np.percentile(np.r_[scores, null_scores], [0.5, 99.5])
+    bins = np.linspace(lo, hi, 50)
+    ax.hist(null_scores, bins=bins, density=True, alpha=0.5, color="tab:blue", label=what)
+    ax.hist(scores, bins=bins, density=True, alpha=0.5, color="tab:red", label="audited samples")
+    ax.axvline(threshold, color="k", ls="--", lw=1.2, label=f"threshold ({100 * fpr:g}% FPR)")
+    ax.set_xlabel("memorization score (higher = more likely memorized)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    return save(fig, path)
