@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from diffmem.data import Source, load_images, to_model_input
@@ -109,3 +110,23 @@ def test_float_and_16_bit_image_files_follow_their_mode(tmp_path):
         read_image(tmp_path / "big.tiff")
     Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(tmp_path / "w16.png")
     assert np.allclose(read_image(tmp_path / "w16.png"), 1.0)
+
+
+DTYPES = [np.uint8, np.uint16, np.int32, np.float32, np.float64, np.bool_, np.complex64]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.lists(st.integers(0, 6), min_size=1, max_size=5), dtype=st.sampled_from(DTYPES),
+       scale=st.sampled_from([1.0, 255.0, float("nan")]), size=st.sampled_from([None, 3, 8]),
+       channels=st.sampled_from([None, 1, 3]))
+def test_pipeline_fuzz_gives_a_model_input_or_one_diffmem_error(shape, dtype, scale, size, channels):
+    """Any array: either float32 (N, C, S, S) in [-1, 1] with no NaN, or a DiffmemError — never another exception."""
+    with np.errstate(invalid="ignore"):
+        a = (np.random.default_rng(0).random(shape) * scale).astype(dtype)
+    try:
+        x = to_model_input(a, "fuzz", size, channels)
+    except DiffmemError:
+        return
+    assert x.dtype == np.float32 and x.ndim == 4 and np.isfinite(x).all() and np.abs(x).max() <= 1
+    assert x.shape[1] in ((1, 3) if channels is None else (channels,))
+    assert size is None or x.shape[2:] == (size, size)
