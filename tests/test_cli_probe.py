@@ -73,7 +73,7 @@ def test_eval_corrupt_scores_file(tmp_path):
 
 
 def test_probe_benchmark_reports_every_family(tmp_path):
-    from diffmem.commands.probe import bench_probe
+    from diffmem.commands.speed import bench_probe
     r = bench_probe(batch_size=2, reps=1, out=tmp_path / "b", quiet=True)
     assert set(r) == {"unet2d", "stable_diffusion", "dit"}
     for v in r.values():                       # timings are reported, never asserted on

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from diffmem.data.records import HYBRID
 from diffmem.commands.audit import audit
-from diffmem.commands.bench import bench, sample
+from diffmem.commands.bench import bench
+from diffmem.commands.sample import sample
 from diffmem.commands.evaluate import evaluate
 from diffmem.commands.options import Out, Quiet, Seed
 from diffmem.commands.probe import scan
