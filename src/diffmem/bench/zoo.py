@@ -24,7 +24,6 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -35,9 +34,7 @@ from diffmem.data.records import copy_targets, reference_images
 from diffmem.neighbours import label_samples
 from diffmem.bench.protocol import summarize
 from diffmem.detect.audit import Calibration
-from diffmem.detect.detector import image_keys
-from diffmem.detect.fusion import FusionDetector
-from diffmem.detect.methods import Batch, nemo_method, official_spikiness_method, output_norm_method
+from diffmem.detect.labelfree import BASE_SCORES, COMBINATIONS, LabelFreeDetector
 from diffmem.detect.metrics import auroc, fpr_threshold, rates_at
 from diffmem.errors import check
 from diffmem.outputs import progress
@@ -51,8 +48,7 @@ ZOO = {   # name → folder; every one made by `diffmem train` (assets/README.md
     "px28": ASSETS / "zoo" / "px28",
     "t2i": ASSETS / "bench" / "t2i",
 }
-BASE_SCORES = ("residual", "spikiness", "nemo", "output_norm")
-SCORES = BASE_SCORES + ("mean_z", "max_z")
+SCORES = BASE_SCORES + COMBINATIONS
 REGEN_T0 = (25, 50, 100)
 
 
@@ -70,34 +66,6 @@ class ZooBench:
     n_reference: int = 1000
     t0s: tuple[int, ...] = REGEN_T0
     batch_size: int = 256
-
-
-def label_free_scorer(adapter: Adapter, reference_a: torch.Tensor, seed: int, batch_size: int = 256
-                      ) -> Callable[[torch.Tensor], dict[str, np.ndarray]]:
-    """images (N, C, H, W) → {score: (N,)} for :data:`SCORES`, higher = more memorized; the family's
-    default layer and t; NeMo's unit statistics and the z-values' mean and sd from ``reference_a``."""
-    t, layer = adapter.default_t, adapter.default_layer
-    residual = FusionDetector.residual_only(adapter, t=t, seed=seed, batch_size=batch_size)
-    methods = {"spikiness": official_spikiness_method(adapter, seed),
-               "nemo": nemo_method(adapter, [layer], [t], reference_a, seed, batch_size),
-               "output_norm": output_norm_method(adapter, [t], seed)}
-
-    def base(x: torch.Tensor) -> dict[str, np.ndarray]:
-        keys = image_keys(x)
-        out = {"residual": residual.score(x, keys)}
-        for name, m in methods.items():
-            out[name] = np.concatenate([m.score(Batch(x[i:i + batch_size], keys[i:i + batch_size]), m.settings)[0]
-                                        for i in range(0, len(x), batch_size)])
-        return out
-
-    ref = base(reference_a)
-    stats = {k: (float(np.mean(v)), float(np.std(v)) or 1.0) for k, v in ref.items()}
-
-    def score(x: torch.Tensor) -> dict[str, np.ndarray]:
-        s = base(x)
-        z = np.stack([(s[k] - stats[k][0]) / stats[k][1] for k in BASE_SCORES])        # (4, N)
-        return {**s, "mean_z": z.mean(0), "max_z": z.max(0)}
-    return score
 
 
 def empirical_null_shift(audited, reference, fpr: float = 0.01, iterations: int = 20) -> float:
@@ -151,11 +119,11 @@ def zoo_seed(adapter: Adapter, cfg: ZooBench, seed: int, quiet: bool = False) ->
     x, conds, guidance = _samples(adapter, cfg, seed, quiet)
     y = label_samples(x, train, copies)["memorized"]
     check(y.sum() >= 4 and (~y).sum() >= 4, f"seed {seed}: {int(y.sum())} copies, {int((~y).sum())} non-copies: too few")
-    scorer = label_free_scorer(adapter, ref_a, seed, cfg.batch_size)
+    det = LabelFreeDetector(adapter, batch_size=cfg.batch_size, seed=seed).fit(ref_a)
     sets = {"sample": x, "reference_b": ref_b}
     for t0 in progress(cfg.t0s, desc="regenerate", disable=quiet):
         sets[f"regenerated-t{t0}"] = regenerate(adapter, ref_b, t0, cfg.steps, seed, cfg.batch_size)
-    values = {name: scorer(images) for name, images in sets.items()}              # set → score → (N,)
+    values = {name: det.score_all(images) for name, images in sets.items()}       # set → score → (N,)
     result = {}
     for s in SCORES:
         per_set = {name: values[name][s] for name in sets}
@@ -198,17 +166,16 @@ def worst_case(models: dict[str, dict], fpr: float) -> dict:
 
 
 def choose_default(worst: dict, fpr: float, calibration: str, band: tuple[float, float] = (0.5, 1.5)) -> dict:
-    """The audit's label-free default by worst case over the zoo, under ``calibration``: among the
-    scores whose worst mean FPR on generated non-copies lies within ``band`` × ``fpr``, the one with
-    the highest worst-case AUROC; when none does, the one whose worst FPR is closest to ``fpr``."""
-    def fpr_of(s):
-        return worst[s]["calibrations"][calibration]["fpr"]
-    inside = [s for s in worst if band[0] * fpr <= fpr_of(s) <= band[1] * fpr]
-    best = (max(inside, key=lambda s: worst[s]["auroc"]) if inside
-            else min(worst, key=lambda s: abs(fpr_of(s) - fpr)))
-    return {"score": best, "calibration": calibration, "within_band": bool(inside), "band": [b * fpr for b in band],
-            "worst_auroc": worst[best]["auroc"], "worst_fpr": fpr_of(best),
-            "worst_tpr": worst[best]["calibrations"][calibration]["tpr"]}
+    """The audit's label-free default by worst case over the zoo: the score with the highest worst-case
+    AUROC (a score that ranks copies below non-copies on one model cannot be calibrated into a verdict
+    there); its worst mean FPR on generated non-copies under ``calibration`` is reported against
+    ``band`` × ``fpr``, not used to choose (a score that flags nothing has a perfect FPR)."""
+    best = max(worst, key=lambda s: worst[s]["auroc"])
+    c = worst[best]["calibrations"][calibration]
+    return {"score": best, "calibration": calibration, "worst_auroc": worst[best]["auroc"],
+            "worst_auroc_model": worst[best]["auroc_model"], "worst_fpr": c["fpr"], "worst_fpr_model": c["fpr_model"],
+            "worst_tpr": c["tpr"], "worst_tpr_model": c["tpr_model"], "band": [b * fpr for b in band],
+            "within_band": bool(band[0] * fpr <= c["fpr"] <= band[1] * fpr)}
 
 
 def zoo_bench(models: dict[str, Path], seeds: list[int], cfg: ZooBench = ZooBench(), quiet: bool = False,
@@ -255,9 +222,10 @@ def zoo_table(r: dict) -> str:
         lines.append(f"| {s} | " + " | ".join(f"{c[k]['fpr']:.3f} ({c[k]['fpr_model']}) / {c[k]['tpr']:.2f} "
                                               f"({c[k]['tpr_model']})" for k in cals) + " |")
     d = r["default"]
-    lines += ["", f"Default by worst case ({d['calibration']}): **{d['score']}** — worst AUROC {d['worst_auroc']:.3f}, "
-              f"worst FPR {d['worst_fpr']:.3f} ({'inside' if d['within_band'] else 'outside'} "
-              f"[{d['band'][0]:g}, {d['band'][1]:g}]), worst TPR {d['worst_tpr']:.2f}."]
+    lines += ["", f"Default by worst-case AUROC: **{d['score']}** — worst AUROC {d['worst_auroc']:.3f} "
+              f"({d['worst_auroc_model']}); under {d['calibration']} its worst FPR on generated non-copies is "
+              f"{d['worst_fpr']:.3f} ({d['worst_fpr_model']}; {'inside' if d['within_band'] else 'outside'} "
+              f"[{d['band'][0]:g}, {d['band'][1]:g}]) and its worst TPR {d['worst_tpr']:.2f} ({d['worst_tpr_model']})."]
     return "\n".join(lines) + "\n"
 
 

@@ -41,7 +41,7 @@ def audit(model: Model, out: Out,
           regenerate_t0: Annotated[int, Opt("regenerated calibration: the timestep the references are "
                                             "regenerated from", min=1, max=999)] = Calibration.t0,
           detector: Annotated[str | None, Opt("a detector saved by `diffmem bench` (default: MODEL_DIR/detector "
-                                              "if present, else the label-free denoising residual)",
+                                              "if present, else the label-free max z of four scores)",
                                               metavar="DIR")] = None,
           allow_other_model: Annotated[bool, Opt("apply a --detector fitted on other model weights")] = False,
           guidance: Guidance = 1.0, steps: Steps = 50, batch_size: BatchSize = 256,

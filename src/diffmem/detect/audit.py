@@ -191,17 +191,18 @@ def _training(adapter, inputs: AuditInputs) -> tuple[torch.Tensor | None, str | 
 
 
 def _detector(adapter, inputs: AuditInputs, cfg: AuditConfig):
+    """(the detector, where it came from, whether it is the label-free one, which is fitted on references)."""
     from pathlib import Path
     from diffmem.detect.fusion import FusionDetector
+    from diffmem.detect.labelfree import LabelFreeDetector
     folder = Path(inputs.detector) if inputs.detector is not None else (
         Path(adapter.path) / DETECTOR_FOLDER if adapter.path is not None else None)
     if inputs.detector is not None or (folder is not None and folder.is_dir()):
         det = FusionDetector.load(folder, adapter, inputs.allow_other_model)
-        source = inputs.detector or f"{DETECTOR_FOLDER}/ of the model"
-    else:
-        det, source = FusionDetector.residual_only(adapter, seed=cfg.seed), "label-free denoising residual"
-    det.batch_size, det.fpr = cfg.batch_size, cfg.fpr
-    return det, source
+        det.batch_size, det.fpr = cfg.batch_size, cfg.fpr
+        return det, inputs.detector or f"{DETECTOR_FOLDER}/ of the model", False
+    det = LabelFreeDetector(adapter, fpr=cfg.fpr, batch_size=cfg.batch_size, seed=cfg.seed)
+    return det, "label-free max z of residual, spikiness, NeMo and output norm", True
 
 
 def run_audit(adapter, inputs: AuditInputs = AuditInputs(), cfg: AuditConfig = AuditConfig(),
@@ -218,7 +219,7 @@ def run_audit(adapter, inputs: AuditInputs = AuditInputs(), cfg: AuditConfig = A
     t0 = time.perf_counter()
     ref, ref_conds, ref_name, cal, calibration = _references(adapter, inputs, cfg)
     train_x, train_name = _training(adapter, inputs)
-    det, det_source = _detector(adapter, inputs, cfg)
+    det, det_source, label_free = _detector(adapter, inputs, cfg)
     if inputs.images is not None:
         x, paths, conds = _given_images(inputs, adapter)
     else:
@@ -229,6 +230,11 @@ def run_audit(adapter, inputs: AuditInputs = AuditInputs(), cfg: AuditConfig = A
     if ref is None:                       # generations of the reference prompts, from noise the samples do not use
         ref = sample_images(adapter, cfg.n_reference, ref_conds, cfg.guidance, cfg.steps, "ddim", cfg.seed,
                             cfg.batch_size, quiet, indices=range(len(x), len(x) + cfg.n_reference))
+    if label_free:              # its statistics from one half of the references, the threshold from the other
+        check(len(ref) >= 16, f"reference: {len(ref)} images; the label-free detector needs at least 16")
+        perm = torch.from_numpy(np.random.default_rng(cfg.seed).permutation(len(ref)))
+        det.fit(ref[perm[:len(ref) // 2]])
+        ref = ref[perm[len(ref) // 2:]]
     null = cal.null_images(adapter, ref, cfg.seed, cfg.batch_size)
     null_scores = det.score(null, [image_key(im) for im in null])
     threshold, realized = calibrate_on_reference(null_scores, cfg.fpr, cfg.seed)

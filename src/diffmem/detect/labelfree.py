@@ -1,0 +1,78 @@
+"""The label-free detector the audit uses when a model has no fitted detector: nothing is fitted on
+any label of the model; layer and t are the family's fixed defaults (``adapter.default_layer``,
+``adapter.default_t``).
+
+Four scores, each oriented so that higher = memorized: ``residual`` −log‖ε̂ − ε‖², ``spikiness``
+(std of the default layer's pooled activations, the paper's recipe), ``nemo`` (max unit z-score of that
+layer against the reference images) and ``output_norm`` (−Σ ε(x₀)⁴). The detector's score is
+``max_z``: the largest of the four scores' z-values against held-out reference images. Chosen across
+the model zoo by worst case (``diffmem bench zoo``, ``docs/results.md``): its worst AUROC over the five
+zoo models is the best of the label-free candidates (the residual alone inverts on the text-to-image
+model at the family's t)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from diffmem.detect.detector import image_keys
+from diffmem.detect.fusion import FusionDetector
+from diffmem.detect.methods import Batch, nemo_method, official_spikiness_method, output_norm_method
+from diffmem.errors import check
+
+BASE_SCORES = ("residual", "spikiness", "nemo", "output_norm")
+COMBINATIONS = ("mean_z", "max_z")
+
+
+class LabelFreeDetector:
+    """``fit(reference)`` (held-out real images (N, C, H, W), N ≥ 8) sets NeMo's unit statistics and each
+    base score's mean and sd (``mean_``, ``scale_``); ``score_all(images)`` gives every base score and both
+    combinations, ``score(images)`` the ``combine`` one (default ``max_z``), higher = memorized."""
+
+    def __init__(self, adapter=None, combine: str = "max_z", fpr: float = 0.01, batch_size: int = 256, seed: int = 0):
+        self.adapter, self.combine, self.fpr, self.batch_size, self.seed = adapter, combine, fpr, batch_size, seed
+
+    def get_params(self, deep: bool = False) -> dict:
+        return {k: getattr(self, k) for k in ("adapter", "combine", "fpr", "batch_size", "seed")}
+
+    @property
+    def t_(self) -> float:
+        return self.adapter.default_t
+
+    @property
+    def features_(self) -> list[str]:
+        return [self.combine, *BASE_SCORES]
+
+    def _base(self, x: torch.Tensor, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        keys = image_keys(x) if keys is None else list(keys)
+        out = {"residual": self.residual_.score(x, keys)}
+        b = self.batch_size
+        for name, m in self.methods_.items():
+            out[name] = np.concatenate([m.score(Batch(x[i:i + b], keys[i:i + b]), m.settings)[0]
+                                        for i in range(0, len(x), b)])
+        return out
+
+    def fit(self, reference: torch.Tensor, keys: Sequence[str] | None = None) -> "LabelFreeDetector":
+        check(self.combine in COMBINATIONS, f"combine {self.combine!r}: one of {', '.join(COMBINATIONS)}")
+        check(self.adapter is not None and len(reference) >= 8, "LabelFreeDetector: needs an adapter and >= 8 "
+                                                                "reference images")
+        a, t = self.adapter, self.adapter.default_t
+        self.residual_ = FusionDetector.residual_only(a, t=t, seed=self.seed, batch_size=self.batch_size)
+        self.methods_ = {"spikiness": official_spikiness_method(a, self.seed),
+                         "nemo": nemo_method(a, [a.default_layer], [t], reference, self.seed, self.batch_size),
+                         "output_norm": output_norm_method(a, [t], self.seed)}
+        ref = self._base(reference, keys)
+        self.mean_ = {k: float(np.mean(v)) for k, v in ref.items()}
+        self.scale_ = {k: float(np.std(v)) or 1.0 for k, v in ref.items()}
+        return self
+
+    def score_all(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        check(hasattr(self, "mean_"), "LabelFreeDetector: call fit(reference) first")
+        s = self._base(images, keys)
+        z = np.stack([(s[k] - self.mean_[k]) / self.scale_[k] for k in BASE_SCORES])      # (4, N)
+        return {**s, "mean_z": z.mean(0), "max_z": z.max(0)}
+
+    def score(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> np.ndarray:
+        return self.score_all(images, keys)[self.combine]
