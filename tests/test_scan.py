@@ -219,3 +219,15 @@ def test_engine_throughput_reports_marginal_speed_and_equal_rows(model_dir, monk
 def test_peak_rss_of_a_memmap_scan_is_measured(model_dir):
     from diffmem.scan.bench import peak_rss_mb
     assert 50 < peak_rss_mb(model_dir, 64, batch_size=16, part_size=32) < 10_000
+
+
+def test_scan_refuses_a_detector_of_other_weights_unless_allowed(tmp_path, capsys):
+    from diffmem.cli import main
+    from diffmem.data.records import HYBRID
+    other = str(HYBRID.parent / "memorize")
+    imgs = write_pngs(tmp_path / "imgs", 4, size=16)
+    argv = ["scan", other, str(imgs), "--detector", str(HYBRID / "detector"), "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 2
+    assert "--allow-other-model" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main([*argv, "--allow-other-model", "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "scores.parquet").is_file()

@@ -46,6 +46,7 @@ def scan(model: Model, images: Annotated[str, Opt("image folder, .npy/.npz array
          part_size: Annotated[int, Opt("inputs per committed Parquet part", min=1)] = 256,
          threads: Annotated[int | None, Opt("torch threads of the local process or of each Ray worker "
                                             "(default: all / 1)", min=1)] = None,
+         allow_other_model: Annotated[bool, Opt("apply a --detector fitted on other model weights")] = False,
          input_range: InputRange = None, allow_outside: AllowOutside = False,
          device: Device = "auto", dtype: DType = "float32", allow_pickle: AllowPickle = False,
          seed: Seed = 0, quiet: Quiet = False) -> dict:
@@ -57,6 +58,6 @@ def scan(model: Model, images: Annotated[str, Opt("image folder, .npy/.npz array
     give bit-identical tables when their thread counts match."""
     check_out(out)
     cfg = ScanConfig(layer, t, pool, batch_size, repeats, seed, on_error, part_size, detector,
-                     parse_range(input_range), allow_outside)
+                     parse_range(input_range), allow_outside, allow_other_model)
     ray = RayConfig(workers, threads or 1, ray_address, gpus_per_worker)
     return run(model, images, out, cfg, engine, ray, resume, threads, device, dtype, allow_pickle, quiet)

@@ -44,11 +44,11 @@ COLUMNS = SCHEMA.names
 _DETECTORS: dict = {}     # (id(adapter), detector folder) → loaded detector, one per process
 
 
-def _detector(adapter: Adapter, path: str):
+def _detector(adapter: Adapter, path: str, allow_other_model: bool = False):
     from diffmem.detect.fusion import FusionDetector
     key = (id(adapter), path)
     if key not in _DETECTORS:
-        _DETECTORS[key] = FusionDetector.load(path, adapter)
+        _DETECTORS[key] = FusionDetector.load(path, adapter, allow_other_model)
     return _DETECTORS[key]
 
 
@@ -56,7 +56,7 @@ def score_batch(adapter: Adapter, x: torch.Tensor, keys: list[str], settings: di
     """Columns for a batch x (B, C, H, W): ``score`` and every statistic of the spikiness scan, or,
     with ``settings["detector"]``, the saved detector's ``score`` and ``flagged`` (statistics NaN)."""
     if settings.get("detector"):
-        det = _detector(adapter, settings["detector"])
+        det = _detector(adapter, settings["detector"], settings.get("allow_other_model", False))
         s = det.score(x, keys)
         nan = np.full(len(s), np.nan)
         return {"score": s, **{k: nan for k in STATISTICS}, "flagged": (s > det.threshold_).astype(float)}
@@ -137,15 +137,16 @@ def fingerprint(adapter: Adapter, source: Source, batch_size: int, threads: int,
 
 
 def scan_settings(adapter: Adapter, layer: str | None, t: float | None, pool: str | None, repeats: int,
-                  seed: int, statistic: str = "std", detector: str | os.PathLike | None = None) -> dict:
+                  seed: int, statistic: str = "std", detector: str | os.PathLike | None = None,
+                  allow_other_model: bool = False) -> dict:
     """Resolved, validated settings of a scan (defaults from the adapter's family). With ``detector``
     (a folder saved by ``diffmem bench``) its timestep and features replace layer/t/pool/statistic."""
     from diffmem.probe.capture import parse_layer
     if detector is not None:
-        det = _detector(adapter, str(detector))
+        det = _detector(adapter, str(detector), allow_other_model)
         return {"layer": "+".join(det.features_), "t": det.t_, "pool": adapter.default_pool, "repeats": 1,
                 "seed": det.seed, "statistic": "fusion", "family": adapter.family, "detector": str(detector),
-                "threshold": det.threshold_}
+                "threshold": det.threshold_, "allow_other_model": allow_other_model}
     settings = {"layer": layer or adapter.default_layer, "t": adapter.default_t if t is None else t,
                 "pool": pool or adapter.default_pool, "repeats": repeats, "seed": seed, "statistic": statistic,
                 "family": adapter.family}
@@ -168,7 +169,8 @@ class ScanConfig:
     """What a scan computes, whatever the engine: ``layer``, ``t``, ``pool`` (None: the family's
     recipe), noise ``repeats`` and ``seed``, a saved ``detector`` folder instead (its t and features),
     ``batch_size`` and ``part_size`` (inputs per committed Parquet part), ``on_error`` ('skip': an
-    error row; 'fail'), ``input_range`` (lo, hi) of arrays and ``allow_outside`` (manifest paths)."""
+    error row; 'fail'), ``input_range`` (lo, hi) of arrays, ``allow_outside`` (manifest paths) and
+    ``allow_other_model`` (apply a detector fitted on other weights)."""
 
     layer: str | None = None
     t: float | None = None
@@ -181,6 +183,7 @@ class ScanConfig:
     detector: str | None = None
     input_range: tuple[float, float] | None = None
     allow_outside: bool = False
+    allow_other_model: bool = False
 
     def __post_init__(self):
         check(self.on_error in ("skip", "fail"), f"--on-error {self.on_error!r}: 'skip' or 'fail'")
@@ -190,7 +193,8 @@ class ScanConfig:
 def prepare(adapter: Adapter, images: str | os.PathLike, cfg: ScanConfig, threads: int) -> tuple[dict, Source, int]:
     """Every engine's set-up, before any work: (the resolved settings with their resume fingerprint,
     the validated input source, the batch inputs are padded to)."""
-    settings = scan_settings(adapter, cfg.layer, cfg.t, cfg.pool, cfg.repeats, cfg.seed, detector=cfg.detector)
+    settings = scan_settings(adapter, cfg.layer, cfg.t, cfg.pool, cfg.repeats, cfg.seed, detector=cfg.detector,
+                             allow_other_model=cfg.allow_other_model)
     source = Source(images, adapter.image_size, adapter.image_channels, cfg.input_range, cfg.allow_outside)
     batch_size = batch_cap(cfg.batch_size, cfg.part_size, len(source))
     settings.update(fingerprint(adapter, source, batch_size, threads, cfg.input_range))
