@@ -34,7 +34,7 @@ import torch
 from diffmem.errors import DiffmemError
 from diffmem.neighbours import nearest_two
 from diffmem.probe.adapters import Adapter, gaussian_like
-from diffmem.probe.represent import forward, generators, noise_seed, represent
+from diffmem.probe.represent import generators, noise_seed, represent
 from diffmem.stats import std as std_stat
 
 ANISOTROPY_GAMMAS = (0.1, 0.3, 1.0, 3.0, 10.0)
@@ -103,8 +103,7 @@ class _Forwards:
     @torch.no_grad()
     def eps_null(self) -> torch.Tensor:
         if "null" not in self._cache:
-            self._cache["null"] = (self.adapter.predict_eps(self.z_t, self.t, None) if self.eps is None else
-                                   forward(self.adapter, None, self.t, z=self.z, eps=self.eps).eps_hat).float()
+            self._cache["null"] = self.adapter.predict_eps(self.z_t, self.t, None).float()
         return self._cache["null"]
 
     @torch.no_grad()

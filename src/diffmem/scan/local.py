@@ -208,16 +208,15 @@ def scan(adapter: Adapter, images: str | os.PathLike, out: str | os.PathLike, cf
     ``parts/settings.json`` records the settings and a fingerprint of the model weights, the inputs,
     batch size and threads; ``resume`` refuses any difference, naming it."""
     settings, source, batch_size = prepare(adapter, images, cfg, torch.get_num_threads())
-    on_error, part_size = cfg.on_error, cfg.part_size
     out = Path(out)
     parts = out / "parts"
     t0, n_new = time.perf_counter(), 0
     with committed_parts(out, settings, resume) as done:
         todo = np.setdiff1d(np.arange(len(source)), np.fromiter(done, np.int64, len(done)))   # (n_todo,)
         bar = progress(total=len(todo), desc="scan", unit="img")
-        for k in range(0, len(todo), part_size):
-            chunk = todo[k:k + part_size]
-            n_new += _commit(parts, score_items(adapter, source.items(chunk), settings, on_error, batch_size))
+        for k in range(0, len(todo), cfg.part_size):
+            chunk = todo[k:k + cfg.part_size]
+            n_new += _commit(parts, score_items(adapter, source.items(chunk), settings, cfg.on_error, batch_size))
             bar.update(len(chunk))
         bar.close()
     seconds = time.perf_counter() - t0

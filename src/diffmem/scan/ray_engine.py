@@ -76,24 +76,22 @@ def scan_ray(model: str | os.PathLike, images: str | os.PathLike, out: str | os.
     ray = _import_ray()
     adapter = load_adapter(model, allow_pickle=allow_pickle, device="cpu", dtype=dtype)   # settings only
     settings, source, batch_size = prepare(adapter, images, cfg, engine.threads)
-    workers, part_size, on_error, threads = engine.workers, cfg.part_size, cfg.on_error, engine.threads
-    gpus_per_worker, ray_address = engine.gpus_per_worker, engine.ray_address
-    worker_device = ("cuda" if gpus_per_worker else "cpu") if device == "auto" else device
+    worker_device = ("cuda" if engine.gpus_per_worker else "cpu") if device == "auto" else device
     out = Path(out)
     t0 = time.perf_counter()
     with committed_parts(out, settings, resume) as done:
         todo = np.setdiff1d(np.arange(len(source)), np.fromiter(done, np.int64, len(done)))   # (n_todo,)
-        started, startup = _start(ray, ray_address, workers)
+        started, startup = _start(ray, engine.ray_address, engine.workers)
         try:
             if len(todo):
                 _run_pipeline(ray, todo, out / "parts", dict(
-                    model=str(Path(model).resolve()), settings=settings, spec=source.spec(), on_error=on_error,
-                    batch_size=batch_size, allow_pickle=allow_pickle, threads=threads, device=worker_device,
-                    dtype=dtype), part_size, workers, gpus_per_worker, quiet)
+                    model=str(Path(model).resolve()), settings=settings, spec=source.spec(), on_error=cfg.on_error,
+                    batch_size=batch_size, allow_pickle=allow_pickle, threads=engine.threads, device=worker_device,
+                    dtype=dtype), cfg.part_size, engine.workers, engine.gpus_per_worker, quiet)
         finally:
             if started:
                 ray.shutdown()
-    return finalize(out, settings, {"model": str(model), "images": str(images), "engine": "ray", "workers": workers,
+    return finalize(out, settings, {"model": str(model), "images": str(images), "engine": "ray", "workers": engine.workers,
                                     "seconds": time.perf_counter() - t0, "startup_seconds": startup,
                                     "new_rows": int(len(todo))})
 
