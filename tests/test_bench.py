@@ -19,7 +19,7 @@ def test_duplication_parsing_and_training_set():
     assert Duplication.parse("10x80, 20x20") == [Duplication(10, 80), Duplication(20, 20)]
     assert Duplication.parse("") == []
     for bad in ("10", "x3", "2x0", "ax3"):
-        with pytest.raises(DiffmemError, match="--dup"):
+        with pytest.raises(DiffmemError, match="dup="):
             Duplication.parse(bad)
     images, labels = np.zeros((50, 1, 4, 4), np.float32), np.arange(50) % 10
     ts = build_training_set(images, labels, 20, [Duplication(3, 5)], seed=1)
@@ -78,7 +78,7 @@ def test_sampling_is_deterministic_and_batch_independent(tmp_path):
     assert s1.shape == (5, 1, 16, 16) and torch.allclose(s1, s2, atol=1e-3) and not torch.allclose(s1, s3, atol=1e-3)
     d = sample(a, 2, [0, 1], steps=5, sampler="ddpm", seed=3, quiet=True)
     assert torch.equal(d, sample(a, 2, [0, 1], steps=5, sampler="ddpm", seed=3, quiet=True))
-    with pytest.raises(DiffmemError, match="--steps"):
+    with pytest.raises(DiffmemError, match="steps="):
         sample(a, 2, [0, 1], steps=5000)
 
 

@@ -99,6 +99,22 @@ def test_parse_errors_are_one_line_with_exit_2(capsys):
         assert len(err) == 1 and err[0].startswith("diffmem: error:"), (argv, err)
 
 
+def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path, capsys):
+    """The library says ``dup='10'`` to a Python caller; the command line says ``--dup '10'``."""
+    from diffmem.cli import in_cli_words
+    from diffmem.commands import resolve
+    from diffmem.errors import DiffmemError
+    from diffmem.train.dataset import Duplication
+    with pytest.raises(DiffmemError, match=r"^dup='10': expected COUNTxCOPIES"):
+        Duplication.parse("10")
+    assert main(["train", "--dup", "10", "--out", str(tmp_path / "t")]) == 2
+    assert capsys.readouterr().err.startswith("diffmem: error: --dup '10': expected COUNTxCOPIES")
+    audit = resolve(("audit",))
+    assert in_cli_words("n_reference=3: too few; pass allow_other_model=True", audit) == (
+        "--n-reference 3: too few; pass --allow-other-model")
+    assert in_cli_words("reference: no record; key t=3, model=x", audit) == "--reference: no record; key t=3, model=x"
+
+
 def test_help_and_version_exit_zero(capsys):
     assert main(["--help"]) == 0 and "diffmem" in capsys.readouterr().out
     assert main(["bench", "--help"]) == 0

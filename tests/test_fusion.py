@@ -73,8 +73,16 @@ def test_unfitted_and_bad_saved_detectors_fail_clearly(adapter, tmp_path):
         FusionDetector(adapter).score(torch.zeros(2, 1, 8, 8))
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "detector.json").write_text("[]")
-    with pytest.raises(DiffmemError, match="--detector"):
+    with pytest.raises(DiffmemError, match=r"bad/detector.json: not a valid detector.json \(key \(top\)"):
         FusionDetector.load(tmp_path / "bad", adapter)
+    with pytest.raises(DiffmemError, match="would not be a valid detector.json \\(key threshold"):
+        FusionDetector.residual_only(adapter, t=0.1).save(tmp_path / "uncalibrated")    # threshold inf
+    FusionDetector.residual_only(adapter, t=0.1).calibrate(TRAIN).save(tmp_path / "nan")
+    meta = json.loads((tmp_path / "nan" / "detector.json").read_text())
+    assert meta["t_convention"] == "sigma" and meta["family"] == "theory"
+    (tmp_path / "nan" / "detector.json").write_text(json.dumps({**meta, "t_convention": "timestep"}))
+    with pytest.raises(DiffmemError, match=r"t as timestep\), not applicable to this theory model \(t as sigma"):
+        FusionDetector.load(tmp_path / "nan", adapter)
     with pytest.raises(DiffmemError, match="fpr"):
         FusionDetector(adapter, fpr=0)
 
@@ -88,7 +96,7 @@ def test_shipped_hybrid_detector_is_refused_on_a_theory_model(tmp_path):
     from diffmem.theory.diffusion import ReLUDiffusion
     theory = load_adapter(save_theory_model(ReLUDiffusion(256, 16, generator=torch.Generator().manual_seed(0)),
                                             (1, 16, 16), tmp_path / "theory"))
-    with pytest.raises(DiffmemError, match="fitted on a unet2d model, not applicable to this theory model"):
+    with pytest.raises(DiffmemError, match=r"fitted on a unet2d model \(t as timestep\), not applicable to this theory model"):
         FusionDetector.load(HYBRID / "detector", theory)
     assert FusionDetector.load(HYBRID / "detector", load_adapter(HYBRID)).features_
 
@@ -102,7 +110,7 @@ def test_non_finite_saved_detector_is_refused(adapter, tmp_path, field):
     meta = json.loads((tmp_path / "d" / "detector.json").read_text())
     meta[field] = float("nan")
     (tmp_path / "d" / "detector.json").write_text(json.dumps(meta))
-    with pytest.raises(DiffmemError, match="non-finite"):
+    with pytest.raises(DiffmemError, match=f"key {field}: Input should be a finite number"):
         FusionDetector.load(tmp_path / "d", load_adapter(HYBRID))
 
 
@@ -115,7 +123,7 @@ def test_a_detector_fitted_on_other_weights_is_refused_unless_allowed(tmp_path):
     meta = json.loads((HYBRID / "detector" / "detector.json").read_text())
     assert meta["model_weights"] == model_fingerprint(HYBRID)
     other = load_adapter(HYBRID.parent / "memorize")
-    with pytest.raises(DiffmemError, match="fitted on other weights.*--allow-other-model"):
+    with pytest.raises(DiffmemError, match="fitted on other weights.*allow_other_model=True"):
         FusionDetector.load(HYBRID / "detector", other)
     assert FusionDetector.load(HYBRID / "detector", other, allow_other_model=True).features_
 

@@ -125,7 +125,7 @@ def test_train_monitor_then_offline_monitor_agree(tmp_path):
              "test-xs", "--size", "8", "--checkpoint-every", "20", "--monitor", "--out", str(run), "--quiet")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000020", "step-000040"]
-    online = json.loads((run / "monitor.json").read_text())
+    online = json.loads((run / "monitor.json").read_text())["runs"]["run"]
     r = _cli("monitor", str(run / "checkpoints"), "--ground-truth", "--n", "8", "--device", "cpu",
              "--out", str(tmp_path / "m"), "--quiet")
     assert r.returncode == 0, r.stderr

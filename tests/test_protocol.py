@@ -32,7 +32,7 @@ def test_grouped_split_has_zero_overlap_and_keeps_the_strata(seed):
     # a per-sample split would put copies of one image on both sides: the measure notices
     rng = np.random.default_rng(seed)
     assert split_overlap(groups, rng.random(len(y)) < 0.5) > 0
-    with pytest.raises(DiffmemError, match="--calib-frac"):
+    with pytest.raises(DiffmemError, match="calib_frac="):
         grouped_split(y, groups, 1.0, seed)
 
 

@@ -2,6 +2,7 @@
 Chromium or its driver is not installed)."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -40,7 +41,8 @@ def results(tmp_path_factory):
     (root / "bench").mkdir()
     cands = [{"setting": {"layer": "mid_block", "t": 10}, "key": "layer=mid_block,t=10", "auroc": 0.9},
              {"setting": {"layer": "up_blocks.0", "t": 50}, "key": "layer=up_blocks.0,t=50", "auroc": 0.2}]
-    (root / "bench" / "tuning.json").write_text(json.dumps({"0": {"spikiness": {"candidates": cands}}}))
+    (root / "bench" / "tuning.json").write_text(json.dumps({"0": {"spikiness": {"chosen": cands[0]["setting"],
+                                                                                  "candidates": cands}}}))
     return root
 
 
@@ -70,14 +72,24 @@ def test_report_errors(tmp_path):
     assert not (tmp_path / "report.html").exists()
 
 
-@pytest.mark.parametrize("name, content", [("bench.json", {"seeds": [0], "methods": {}}),
-                                           ("audit.json", {"n": 3, "n_flagged": 1, "verdict": "x"}),
-                                           ("tuning.json", {}), ("tuning.json", []),
-                                           ("monitor.json", []), ("steer.json", {"groups": 3})])
-def test_results_of_the_wrong_shape_are_one_error_naming_the_file(tmp_path, name, content):
+_MS = {"mean": 0.5, "sd": 0.1}
+
+
+@pytest.mark.parametrize("name, content, key", [
+    ("bench.json", {"seeds": [0], "methods": {}}, "split"),
+    ("bench.json", {"seeds": [0], "split": {"overlap": 0}, "methods": {"m": {"auroc": _MS}}}, "methods.m.tpr_at_1pct_fpr"),
+    ("bench.json", {"seeds": [0], "split": {}, "methods": {}}, "(top)"),
+    ("audit.json", {"n": 3, "n_flagged": 1, "verdict": "x"}, "share_flagged"),
+    ("tuning.json", {}, "(top)"), ("tuning.json", [], "(top)"), ("tuning.json", {"0": {"m": {}}}, "0.m.chosen"),
+    ("verify.json", {"regimes": {"memorization": {"rel_err": "small"}}}, "regimes.memorization.rel_err"),
+    ("monitor.json", [], "(top)"), ("monitor.json", {"runs": {"r": {"baselines": {}}}}, "runs.r.alarm_step"),
+    ("monitor.json", {"runs": {"r": {"alarm_step": -5, "baselines": {}, "checkpoints": []}}}, "runs.r.alarm_step"),
+    ("steer.json", {"groups": 3}, "concept"),
+    ("steer.json", {"concept": "ink", "groups": {"memorized": {"n": -1}}}, "groups.memorized.n")])
+def test_results_of_the_wrong_shape_are_one_error_naming_the_file(tmp_path, name, content, key):
     (tmp_path / name).write_text(json.dumps(content))
     (tmp_path / "x.png").write_bytes(b"")                   # something to report besides the bad file
-    with pytest.raises(DiffmemError, match=f"{name}: not a (complete diffmem result|valid {name} \\(key )"):
+    with pytest.raises(DiffmemError, match=f"{name}: not a valid {name} \\(key {re.escape(key)}: "):
         build_report(tmp_path)
     assert main(["report", str(tmp_path)]) == 2 and not (tmp_path / "report.html").exists()
 

@@ -109,7 +109,7 @@ def test_window_and_alpha_parsing():
     assert parse_window("last20-2", 40) == (18, 38)
     assert parse_window("last5", 40) == (35, 40)
     for bad in ("30:50", "5:5", "abc", "last50"):
-        with pytest.raises(DiffmemError, match="--window"):
+        with pytest.raises(DiffmemError, match="window="):
             parse_window(bad, 40)
     assert parse_alphas("0,0.2,0.4") == [0.0, 0.2, 0.4]
     for bad in ("0,a", "0.2,0.4", "0,0.5,0.2", "0"):
@@ -132,7 +132,7 @@ def test_steer_command_on_a_tiny_hybrid_model(tiny_bench_model, tmp_path):
             assert grp["output_change_per_unit"] > 0 and 0 <= grp["monotonicity"] <= 1
     assert (tmp_path / "s" / "steer_grid.png").exists() and (tmp_path / "s" / "concept" / "vectors.safetensors").exists()
     for bad, match in (({"concept": "Spaceship"}, "concept"), ({"alphas": "0,x"}, "--alphas"),
-                       ({"window": "5:50"}, "--window")):
+                       ({"window": "5:50"}, "window=")):
         with pytest.raises(DiffmemError, match=match):
             run_steer(tmp_path / "bad", model=tiny_bench_model, **{"alphas": "0,1", **bad}, quiet=True)
     empty = tmp_path / "empty"

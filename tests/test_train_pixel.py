@@ -28,6 +28,6 @@ def test_cosine_schedule_is_recorded_and_loads_in_plain_diffusers(tmp_path):
     pipe = DDPMPipeline.from_pretrained(out, local_files_only=True)
     assert pipe.scheduler.config.beta_schedule == "squaredcos_cap_v2"
     assert json.loads((out / "diffmem.json").read_text())["schedule"] == "cosine"
-    with pytest.raises(DiffmemError, match="--schedule"):
+    with pytest.raises(DiffmemError, match="schedule="):
         train_unet(tmp_path / "n", data=str(tmp_path / "x.npy"), size=8, distinct=8, dup="", steps=1,
                    schedule="sigmoid", quiet=True)

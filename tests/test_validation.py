@@ -28,7 +28,7 @@ def test_arrays_are_read_by_dtype_never_by_values():
     u16 = np.array([[0, 255, 65535]], np.uint16)
     assert np.allclose(array_to_model_range(u16, "a"), [[-1.0, 255 / 32767.5 - 1, 1.0]])
     f = np.array([[0.0, 255.0]], np.float32)
-    with pytest.raises(DiffmemError, match="--input-range"):
+    with pytest.raises(DiffmemError, match="input_range="):
         array_to_model_range(f, "a")                              # 0…255 floats are not silently taken
     assert array_to_model_range(f, "a", (0, 255)).tolist() == [[-1.0, 1.0]]
     assert array_to_model_range(np.array([[-1.0005, 1.0]], np.float32), "a").min() == -1.0   # tolerance
@@ -51,7 +51,7 @@ def test_manifest_paths_may_not_leave_their_folder(tmp_path):
     (tmp_path / "m").mkdir()
     man = tmp_path / "m" / "manifest.jsonl"
     man.write_text(json.dumps({"path": "../outside/000.png"}) + "\n")
-    with pytest.raises(DiffmemError, match="--allow-outside"):
+    with pytest.raises(DiffmemError, match="allow_outside=True"):
         list(iter_inputs(man, 16, 1))
     assert len(list(iter_inputs(man, 16, 1, allow_outside=True))) == 1
 

@@ -142,6 +142,21 @@ def _argv(argv: list[str]) -> list[str]:
     return argv
 
 
+def in_cli_words(message: str, fn) -> str:
+    """A library error in the command line's words. The library names parameters, never flags
+    (``steps=0: must be >= 1``, ``pass allow_other_model=True``); for each option of the command ``fn``,
+    ``name=True`` becomes its flag, ``name=VALUE`` its flag and the value (``--steps 0``), and a leading
+    ``name:`` its flag."""
+    flags = {name: opt.flag or "--" + name.replace("_", "-") for name, _, opt, _ in parameters(fn) if not opt.positional}
+
+    def flag(m: re.Match) -> str:
+        if m[1] not in flags:
+            return m[0]
+        return flags[m[1]] + ("" if m[2] else " ")
+    message = re.sub(r"^([a-z][a-z0-9_]*):", lambda m: flags.get(m[1], m[1]) + ":", message)
+    return re.sub(r"(?<![\w.=-])([a-z][a-z0-9_]*)=(True\b)?", flag, message)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = _argv(list(sys.argv[1:] if argv is None else argv))
     try:
@@ -154,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = fn(**kwargs)
     except DiffmemError as exc:
-        print(f"diffmem: error: {exc}", file=sys.stderr)
+        print(f"diffmem: error: {in_cli_words(str(exc), fn)}", file=sys.stderr)
         return 2
     if args.words == ("layers",):
         _print_layers(result, args)

@@ -72,22 +72,22 @@ def check_out(out: str | os.PathLike | None) -> None:
         return
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise DiffmemError(f"--out {out}: exists and is not a folder")
+        raise DiffmemError(f"out={out}: exists and is not a folder")
     probe = out if out.exists() else out.parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise DiffmemError(f"--out {out}: {probe} is not a writable folder")
+        raise DiffmemError(f"out={out}: {probe} is not a writable folder")
 
 
-def _clean(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Make numpy/torch scalars JSON-safe; NaN/inf become null."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if hasattr(obj, "tolist"):
-        return _clean(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -96,7 +96,7 @@ def _clean(obj: Any) -> Any:
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON (keys kept in insertion order) and return the path."""
     path = Path(path)
-    path.write_text(json.dumps(_clean(obj), indent=2) + "\n")
+    path.write_text(json.dumps(jsonable(obj), indent=2) + "\n")
     return path
 
 

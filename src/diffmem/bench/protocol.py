@@ -27,7 +27,7 @@ from diffmem.errors import check
 def grouped_split(y: np.ndarray, groups: np.ndarray, frac: float, seed: int) -> np.ndarray:
     """Boolean calibration mask (N,): whole groups to one side, about ``frac`` of the samples of each
     stratum (groups holding a memorized sample / the rest) to calibration."""
-    check(0 < frac < 1, f"--calib-frac {frac}: must be in (0, 1)")
+    check(0 < frac < 1, f"calib_frac={frac}: must be in (0, 1)")
     y, groups = np.asarray(y).astype(int), np.asarray(groups)
     rng = np.random.default_rng(seed)
     calib = np.zeros(len(y), dtype=bool)

@@ -17,8 +17,9 @@ from diffmem.commands.options import (AllowPickle, BatchSize, Device, DType, Opt
 from diffmem.detect.evaluation import plot_kde, plot_roc
 from diffmem.errors import check
 from diffmem.models import load_adapter
-from diffmem.outputs import check_out, output_dir, write_json
+from diffmem.outputs import check_out, output_dir
 from diffmem.plotting import plot_top_with_nearest
+from diffmem.schemas import BenchFile, TuningFile, ZooFile, write_result
 
 
 def bench(out: Out, model: Annotated[str | None, Opt("model folder with a training record (default: the shipped "
@@ -75,8 +76,8 @@ def write_image_bench(out, result: dict, runs: list[dict], train) -> None:
     first = runs[0]
     frame = pd.concat([r["frame"] for r in runs], ignore_index=True)
     with output_dir(out) as tmp:
-        write_json(tmp / "bench.json", result)
-        write_json(tmp / "tuning.json", {str(s): r["tuning"] for s, r in zip(result["seeds"], runs)})
+        write_result(tmp / "bench.json", result, BenchFile)
+        write_result(tmp / "tuning.json", {str(s): r["tuning"] for s, r in zip(result["seeds"], runs)}, TuningFile)
         (tmp / "bench.md").write_text(bench_table(result))
         frame.to_parquet(tmp / "samples.parquet", index=False)
         y0 = first["lab"]["memorized"][~first["calib"]].astype(int)
@@ -96,8 +97,8 @@ def write_prompt_bench(out, model: str, result: dict, runs, ps) -> dict:
     first = runs[0]
     with output_dir(out) as tmp:
         (tmp / "prompts.txt").write_text("".join(p + "\n" for p in ps.prompts))
-        write_json(tmp / "bench.json", result)
-        write_json(tmp / "tuning.json", {str(s): r.tuning for s, r in zip(result["seeds"], runs)})
+        write_result(tmp / "bench.json", result, BenchFile)
+        write_result(tmp / "tuning.json", {str(s): r.tuning for s, r in zip(result["seeds"], runs)}, TuningFile)
         (tmp / "bench.md").write_text(bench_table(result) + "\n" + bench_table(
             {**result, "methods": result["prompt_methods"]}, "prompt level: strength >= 0.5 vs 0"))
         pd.concat([r.frame for r in runs], ignore_index=True).to_parquet(tmp / "samples.parquet", index=False)
@@ -145,7 +146,7 @@ def zoo(out: Out, models: Annotated[str | None, Opt(f"comma-separated zoo models
     result, frame = zoo_bench(folders, _seed_list(seeds, seed, False),
                               ZooBench(n=n, fpr=fpr, steps=steps, batch_size=batch_size), quiet)
     with output_dir(out) as tmp:
-        write_json(tmp / "zoo.json", result)
+        write_result(tmp / "zoo.json", result, ZooFile)
         (tmp / "zoo.md").write_text(zoo_table(result))
         frame.to_parquet(tmp / "zoo_scores.parquet", index=False)
         plot_zoo(result, tmp / "zoo_auroc.png")

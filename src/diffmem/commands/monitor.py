@@ -17,6 +17,7 @@ from diffmem.monitor.plots import plot_runs
 from diffmem.monitor.training import N_PROBE, N_REFERENCE, checkpoint_folders, probe_and_reference, run_summary
 from diffmem.monitor.training import ground_truth as copy_fractions
 from diffmem.outputs import check_out, output_dir, progress, write_json
+from diffmem.schemas import MonitorFile, write_result
 
 
 def monitor(out: Out,
@@ -61,7 +62,7 @@ def monitor(out: Out,
     truth = copy_fractions(pairs, n, seed, device, quiet) if ground_truth else None
     summary = {**run_summary(mon, truth), "checkpoint_folders": [str(f) for f in folders]}
     with output_dir(out) as tmp:
-        write_json(tmp / "monitor.json", {"runs": {"run": summary}})
+        write_result(tmp / "monitor.json", {"runs": {"run": summary}}, MonitorFile)
         plot_runs({"run": summary}, tmp / "monitor.png")
     return summary
 

@@ -17,7 +17,7 @@ from diffmem.commands.options import AllowPickle, Device, DType, Guidance, Opt, 
 from diffmem.data import FASHION_MNIST_CLASSES, load_images
 from diffmem.errors import DiffmemError, check
 from diffmem.models import load_adapter
-from diffmem.outputs import check_out, output_dir, progress, write_json
+from diffmem.outputs import check_out, output_dir, progress
 from diffmem.plotting import plt, save
 from diffmem.probe.sampling import sample_images
 from diffmem.steer.attributes import ATTRIBUTES, attribute_concept, attribute_percentile
@@ -25,6 +25,7 @@ from diffmem.steer.classifier import CLASSIFIER, class_probability, load_classif
 from diffmem.steer.concept import ConceptVector
 from diffmem.steer.hooks import parse_window, steering
 from diffmem.steer.metrics import steering_metrics
+from diffmem.schemas import SteerFile, write_result
 
 GROUPS = ("memorized", "generalized")
 GRID_ROWS = 6          # samples per group shown in steer_grid.png
@@ -172,7 +173,7 @@ def steer(out: Out,
     all_idx = np.concatenate(list(chosen.values())) if rows else np.arange(min(8, pool_size))
     result["overhead_ratio"] = _overhead(lambda: draw(all_idx), lambda: draw(all_idx, alpha_list[-1]))
     with output_dir(out) as tmp:
-        write_json(tmp / "steer.json", result)
+        write_result(tmp / "steer.json", result, SteerFile)
         if rows:
             _grid(rows, alpha_list, tmp / "steer_grid.png")
         cv.save(tmp / "concept")

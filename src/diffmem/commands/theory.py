@@ -17,6 +17,7 @@ from diffmem.theory.images import image_models
 from diffmem.theory.phase import phase as phase_grid, plot_phase
 from diffmem.theory.plots import plot_verify, plot_weights
 from diffmem.theory.verify import verify as verify_regimes
+from diffmem.schemas import VerifyFile, write_result
 
 
 def verify(out: Out, quick: Annotated[bool, Opt("fewer steps and noise draws (< 2 min on 2 cores)")] = False,
@@ -28,7 +29,7 @@ def verify(out: Out, quick: Annotated[bool, Opt("fewer steps and noise draws (< 
     results, models = verify_regimes(seed=seed, quick=quick, seeds=seeds, quiet=quiet)
     with output_dir(out) as tmp:
         plot_verify(models, results["regimes"], tmp)
-        write_json(tmp / "verify.json", results)
+        write_result(tmp / "verify.json", results, VerifyFile)
     return results
 
 

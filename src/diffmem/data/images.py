@@ -52,14 +52,14 @@ def array_to_model_range(a: np.ndarray, name: str, input_range: tuple[float, flo
     if input_range is not None:
         lo, hi = (float(v) for v in input_range)
         out = ((a.astype(np.float64) - lo) / (hi - lo) * 2.0 - 1.0).astype(np.float32)
-        what = f"after --input-range {lo:g},{hi:g}"
+        what = f"after input_range={lo:g},{hi:g}"
     elif dt == np.uint8:
         return to_model_range(a)
     elif dt == np.uint16:
         return (a.astype(np.float32) / 32767.5 - 1.0).astype(np.float32)
     elif dt.kind in "iu":
         raise DiffmemError(f"{name}: {dt} pixels are ambiguous; use uint8 (0…255), uint16 (0…65535), floats in "
-                           f"[-1, 1], or say the range with --input-range LO,HI")
+                           f"[-1, 1], or say the range with input_range=LO,HI")
     else:
         out, what = a.astype(np.float32), "as floats (taken to be in [-1, 1])"
     if not np.isfinite(out).all():
@@ -67,7 +67,7 @@ def array_to_model_range(a: np.ndarray, name: str, input_range: tuple[float, flo
     lo_v, hi_v = float(out.min()), float(out.max())
     if lo_v < -1 - FLOAT_TOLERANCE or hi_v > 1 + FLOAT_TOLERANCE:
         raise DiffmemError(f"{name}: values span [{lo_v:.4g}, {hi_v:.4g}] {what}, outside [-1, 1]; "
-                           f"pass --input-range LO,HI (e.g. 0,1 or 0,255) to rescale")
+                           f"pass input_range=LO,HI (e.g. 0,1 or 0,255) to rescale")
     return np.clip(out, -1, 1)
 
 

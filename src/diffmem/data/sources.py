@@ -194,7 +194,7 @@ def _manifest_records(src: Path, allow_outside: bool = False) -> list[dict]:
         target = (src.parent / rec["path"]).resolve()
         if not allow_outside and not target.is_relative_to(home):
             raise DiffmemError(f"{src}:{n}: path {rec['path']!r} leaves the manifest's folder; pass "
-                               f"--allow-outside to read it")
+                               f"allow_outside=True to read it")
         records.append({k: rec.get(k) for k in ("path", "label", "prompt")})
     if not records:
         raise DiffmemError(f"{src}: empty manifest")

@@ -30,7 +30,7 @@ class Calibration:
     steps: int = 50
 
     def __post_init__(self):
-        check(self.kind in CALIBRATIONS, f"--calibration {self.kind!r}: one of {', '.join(CALIBRATIONS)}")
+        check(self.kind in CALIBRATIONS, f"calibration={self.kind!r}: one of {', '.join(CALIBRATIONS)}")
 
     def null_images(self, adapter, reference: torch.Tensor, seed: int = 0, batch_size: int = 128) -> torch.Tensor:
         """The images (N, C, H, W) the threshold is fitted on, from held-out real images (N, C, H, W)."""
@@ -108,9 +108,9 @@ class AuditInputs:
 
     def __post_init__(self):
         check(self.images is None or (self.classes is None and self.prompts is None),
-              "--classes/--prompts: only when sampling (without --images)")
+              f"classes, prompts: only when sampling, not with images={self.images}")
         check(self.reference_prompts is None or (self.reference is None and self.images is None),
-              "--reference-prompts: not with --reference or --images")
+              "reference_prompts: not with reference or images")
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def _given_images(inputs: AuditInputs, adapter) -> tuple[torch.Tensor, list[str]
         xs.append(torch.from_numpy(image))
         paths.append(item.path)
         conds.append(item.prompt)
-    check(len(xs) > 0, f"--images {inputs.images}: no images")
+    check(len(xs) > 0, f"images={inputs.images}: no images")
     return torch.stack(xs), paths, conds
 
 
@@ -171,7 +171,7 @@ def _references(adapter, inputs: AuditInputs, cfg: AuditConfig):
         ref = torch.from_numpy(load_images(inputs.reference, size=adapter.image_size, channels=adapter.image_channels,
                                            limit=cfg.n_reference, input_range=inputs.input_range))
         return ref, None, inputs.reference, cfg.calibration, cfg.calibration.describe("held-out real images")
-    check(adapter.record is not None, f"--reference: {adapter.path} has no training record; pass held-out real "
+    check(adapter.record is not None, f"reference: {adapter.path} has no training record; pass held-out real "
                                       f"images the model never trained on")
     return (reference_images(adapter)[0][:cfg.n_reference], None, f"held-out images of {adapter.record.data}",
             cfg.calibration, cfg.calibration.describe("held-out real images"))
@@ -183,7 +183,7 @@ def _training(adapter, inputs: AuditInputs) -> tuple[torch.Tensor | None, str | 
     if inputs.train is not None:
         x = torch.from_numpy(load_images(inputs.train, size=adapter.image_size, channels=adapter.image_channels,
                                          input_range=inputs.input_range))
-        check(len(x) >= 2, f"--train {inputs.train}: need at least 2 training images")
+        check(len(x) >= 2, f"train={inputs.train}: need at least 2 training images")
         return x, inputs.train
     if adapter.record is not None:
         return training_images(adapter)[0], "training record"

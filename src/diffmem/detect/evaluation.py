@@ -46,24 +46,24 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     Every error names the labels file (``--labels``)."""
     path = Path(path)
     if not path.is_file():
-        raise DiffmemError(f"--labels {path}: no such labels file")
+        raise DiffmemError(f"labels={path}: no such labels file")
     try:
         if path.suffix in (".jsonl", ".json"):
             rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            check(all(isinstance(r, dict) for r in rows), f"--labels {path}: every line must be a JSON object")
+            check(all(isinstance(r, dict) for r in rows), f"labels={path}: every line must be a JSON object")
             df = pd.DataFrame(rows)
         else:
             df = pd.read_csv(path)
     except (ValueError, UnicodeDecodeError, json.JSONDecodeError, pd.errors.ParserError) as exc:
-        raise DiffmemError(f"--labels {path}: not a readable labels file ({type(exc).__name__})") from None
-    check("label" in df.columns, f"--labels {path}: needs a 'label' column")
+        raise DiffmemError(f"labels={path}: not a readable labels file ({type(exc).__name__})") from None
+    check("label" in df.columns, f"labels={path}: needs a 'label' column")
     key = next((k for k in ("sha256", "path", "index") if k in df.columns), None)
-    check(key is not None, f"--labels {path}: needs a 'sha256', 'path' or 'index' column")
-    df = df.assign(y=_as_binary(df["label"], f"--labels {path}"), _row=np.arange(len(df)) + (1 if path.suffix in
+    check(key is not None, f"labels={path}: needs a 'sha256', 'path' or 'index' column")
+    df = df.assign(y=_as_binary(df["label"], f"labels={path}"), _row=np.arange(len(df)) + (1 if path.suffix in
                                                                                               (".jsonl", ".json") else 2))
     for k, g in df.groupby(key, sort=False):
         if g["y"].nunique() > 1:
-            raise DiffmemError(f"--labels {path}: {key} {k!r} has conflicting labels on rows "
+            raise DiffmemError(f"labels={path}: {key} {k!r} has conflicting labels on rows "
                                f"{', '.join(map(str, g['_row'].tolist()))}")
     return df.drop_duplicates(key).drop(columns=["_row"]).reset_index(drop=True)
 
@@ -73,7 +73,7 @@ def join_labels(scores: pd.DataFrame, labels: pd.DataFrame | None, name: str) ->
     df = scores[scores["error"].isna()] if "error" in scores.columns else scores
     if labels is None:
         check("label" in df.columns and df["label"].notna().any(),
-              f"{name}: no labels in the scores table; pass --labels FILE")
+              f"{name}: no labels in the scores table; pass labels=FILE")
         df = df[df["label"].notna()].copy()
         df["y"] = _as_binary(df["label"], name)
         key = next((k for k in ("sha256", "path") if k in df.columns), None)
@@ -87,7 +87,7 @@ def join_labels(scores: pd.DataFrame, labels: pd.DataFrame | None, name: str) ->
             left = df.drop(columns=["label"], errors="ignore").assign(_key=df[key].astype(str))
             right = labels[["label", "y"]].assign(_key=labels[key].astype(str))      # keys compared as text
             merged = left.merge(right, on="_key", how="inner").drop(columns=["_key"])
-            check(len(merged) > 0, f"{name}: no score row matches a label by {key} (--labels)")
+            check(len(merged) > 0, f"{name}: no score row matches a label by {key} (labels)")
             return merged
     raise DiffmemError(f"{name}: labels need a 'sha256', 'path' or 'index' column present in the scores")
 

@@ -11,7 +11,6 @@ image never sit on both sides of a fold), fits a group-balanced logistic regress
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -22,9 +21,10 @@ import torch
 from diffmem.detect.detector import candidate_layers, image_keys
 from diffmem.detect.metrics import fpr_threshold
 from diffmem.errors import DiffmemError, check
-from diffmem.outputs import progress, write_json
+from diffmem.outputs import progress
 from diffmem.probe.adapters import Adapter
 from diffmem.probe.represent import forward, generators
+from diffmem.schemas import DetectorFile, read_result, write_result
 from diffmem.stats import std as std_stat
 
 RESIDUAL = "residual"
@@ -237,12 +237,12 @@ class FusionDetector:
         self._check_fitted()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        write_json(path / "detector.json", {
+        write_result(path / "detector.json", {
             "kind": "FusionDetector", "params": {k: v for k, v in self.get_params().items() if k != "adapter"},
             "t": self.t_, "features": self.features_, "intercept": self.intercept_,
             "threshold": self.threshold_, "fpr": self.fpr, "calibration": self.calibration_,
             "selection": self.selection_, "pool": self.adapter.default_pool, "family": self.adapter.family,
-            "model_weights": _weights(self.adapter)})
+            "t_convention": self.adapter.t_convention, "model_weights": _weights(self.adapter)}, DetectorFile)
         save_file({"mean": np.asarray(self.mean_, np.float64), "scale": np.asarray(self.scale_, np.float64),
                    "coef": np.asarray(self.coef_, np.float64)}, str(path / "detector.safetensors"))
         return path
@@ -256,30 +256,30 @@ class FusionDetector:
         from safetensors.numpy import load_file
         from diffmem.probe.capture import parse_layer
         path = Path(path)
+        check((path / "detector.json").is_file(), f"detector={path}: not a saved detector (no detector.json)")
+        meta = read_result(path / "detector.json", DetectorFile)
         try:
-            meta = json.loads((path / "detector.json").read_text())
             arrays = load_file(str(path / "detector.safetensors"))
-            check(meta.get("kind") == "FusionDetector", f"{path}: not a FusionDetector (kind {meta.get('kind')!r})")
             det = cls(adapter, **meta["params"])
             det.t_, det.features_ = meta["t"], list(meta["features"])
             det.intercept_, det.threshold_, det.fpr = float(meta["intercept"]), float(meta["threshold"]), meta["fpr"]
             det.calibration_, det.selection_ = meta.get("calibration", {}), meta.get("selection", [])
             det.mean_, det.scale_, det.coef_ = arrays["mean"], arrays["scale"], arrays["coef"]
-        except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError, SafetensorError) as exc:
-            raise DiffmemError(f"--detector {path}: not a saved detector ({type(exc).__name__}: {exc})") from None
+        except (OSError, KeyError, TypeError, ValueError, SafetensorError) as exc:
+            raise DiffmemError(f"detector={path}: not a saved detector ({type(exc).__name__}: {exc})") from None
         check(len(det.coef_) == len(det.features_) == len(det.mean_),
-              f"--detector {path}: weights and features disagree")
+              f"detector={path}: weights and features disagree")
         numbers = np.r_[det.coef_, det.mean_, det.scale_, det.intercept_, det.threshold_]
         check(bool(np.isfinite(numbers).all()) and bool((det.scale_ > 0).all()),
-              f"--detector {path}: non-finite weights, scale or threshold")
-        family = meta.get("family")
-        check(family in (None, adapter.family),
-              f"--detector {path}: fitted on a {family} model, not applicable to this {adapter.family} model "
-              f"(its timestep convention and layers differ)")
+              f"detector={path}: non-finite weights, scale or threshold")
+        family, convention = meta.get("family"), meta.get("t_convention")
+        check(family in (None, adapter.family) and convention in (None, adapter.t_convention),
+              f"detector={path}: fitted on a {family} model (t as {convention or 'timestep'}), not applicable to "
+              f"this {adapter.family} model (t as {adapter.t_convention}; its layers differ too)")
         fitted, here = meta.get("model_weights"), _weights(adapter)
         if not (allow_other_model or fitted is None or here is None or fitted == here):
-            raise DiffmemError(f"--detector {path}: fitted on other weights (sha256 {fitted[:12]}…, this model's "
-                               f"{here[:12]}…); pass --allow-other-model to apply it anyway")
+            raise DiffmemError(f"detector={path}: fitted on other weights (sha256 {fitted[:12]}…, this model's "
+                               f"{here[:12]}…); pass allow_other_model=True to apply it anyway")
         for name in det.features_:
             if name != RESIDUAL:
                 parse_layer(name, adapter.denoiser)

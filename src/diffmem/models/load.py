@@ -22,6 +22,7 @@ import torch
 from diffmem.errors import DiffmemError, check
 from diffmem.models.record import ModelRecord
 from diffmem.probe.adapters import Adapter, DiTAdapter, StableDiffusionAdapter, TheoryAdapter, UNet2DAdapter
+from diffmem.schemas import ComponentConfig, SchedulerConfig, validate
 
 FAMILIES = ("stable_diffusion", "dit", "unet2d", "theory")
 
@@ -65,26 +66,12 @@ def detect_family(path: str | os.PathLike) -> str:
     raise DiffmemError(f"{path}: not a model folder (no model_index.json or config.json)")
 
 
-POSITIVE_INT_KEYS = ("sample_size", "in_channels", "out_channels", "latent_channels", "num_class_embeds",
-                     "cross_attention_dim", "patch_size", "num_layers", "hidden_size", "vocab_size",
-                     "num_hidden_layers", "max_position_embeddings", "num_embeds_ada_norm", "layers_per_block")
-
-
-def _positive_ints(value) -> bool:
-    items = value if isinstance(value, (list, tuple)) else [value]
-    return len(items) > 0 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in items)
-
-
 def check_config(path: Path) -> None:
-    """Size and count keys of a component's ``config.json`` must be positive integers (or lists of them):
-    a config that would only fail deep inside torch is one error naming the file and the key."""
+    """A component's ``config.json`` against :class:`~diffmem.schemas.ComponentConfig` (size and count keys
+    positive integers): a config that would only fail deep inside torch is one error naming the file and key."""
     cfg = path / "config.json"
-    if not cfg.exists():
-        return
-    data = _read(cfg)
-    for key in POSITIVE_INT_KEYS:
-        if data.get(key) is not None and not _positive_ints(data[key]):
-            raise DiffmemError(f"{cfg}: {key} {data[key]!r}: must be a positive integer")
+    if cfg.exists():
+        validate(_read(cfg), ComponentConfig, str(cfg))
 
 
 def _component(cls, path: Path, allow_pickle: bool, **kw):
@@ -94,7 +81,7 @@ def _component(cls, path: Path, allow_pickle: bool, **kw):
                                    **({} if allow_pickle else {"use_safetensors": True}), **kw)
     except (OSError, ValueError, EnvironmentError, RuntimeError, TypeError) as exc:
         pickled = not allow_pickle and any(path.glob("*.bin")) and not any(path.glob("*.safetensors"))
-        hint = "; its weights are a pickle format: pass --allow-pickle to unpickle them" if pickled else ""
+        hint = "; its weights are a pickle format: pass allow_pickle=True to unpickle them" if pickled else ""
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise DiffmemError(f"{path}: could not load {cls.__name__} ({first}){hint}") from None
 
@@ -104,17 +91,10 @@ def _scheduler(path: Path):
     for cfg in (path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json"):
         if cfg.exists():
             config = _read(cfg)
-            name = config.get("_class_name", "DDPMScheduler")
-            cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+            name = validate(config, SchedulerConfig, str(cfg))["_class_name"]
+            cls = getattr(diffusers, name, None)
             check(isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin),
                   f"{cfg}: unknown scheduler class {name!r}")
-            steps = config.get("num_train_timesteps", 1000)
-            check(_positive_ints(steps) and not isinstance(steps, list) and steps >= 2,
-                  f"{cfg}: num_train_timesteps {steps!r}: must be an integer >= 2")
-            for key in ("beta_start", "beta_end"):
-                v = config.get(key)
-                check(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1),
-                      f"{cfg}: {key} {v!r}: must be a number in (0, 1)")
             try:
                 return cls.from_config(config)
             except (TypeError, ValueError, KeyError) as exc:
@@ -143,7 +123,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     import re
     device = str(device)
     check(device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", device) is not None,
-          f"--device {device!r}: one of auto, cpu, cuda, cuda:N, mps")
+          f"device={device!r}: one of auto, cpu, cuda, cuda:N, mps")
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -152,15 +132,15 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda"):
         n = torch.cuda.device_count()
         k = int(device.split(":")[1]) if ":" in device else 0
-        check(k < n, f"--device {device}: {n} CUDA device(s) visible")
+        check(k < n, f"device={device}: {n} CUDA device(s) visible")
     if device == "mps":
         mps = getattr(torch.backends, "mps", None)
-        check(mps is not None and mps.is_available(), "--device mps: MPS is not available here")
+        check(mps is not None and mps.is_available(), "device='mps': MPS is not available here")
     return torch.device(device)
 
 
 def resolve_dtype(dtype: str = "float32") -> torch.dtype:
-    check(dtype in DTYPES, f"--dtype {dtype!r}: one of {', '.join(DTYPES)}")
+    check(dtype in DTYPES, f"dtype={dtype!r}: one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 

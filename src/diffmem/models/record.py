@@ -4,11 +4,11 @@ which images it was trained on and how often, so samples can be labelled exactly
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffmem.errors import DiffmemError
+from diffmem.outputs import read_json
 
 
 @dataclass(frozen=True)
@@ -37,28 +37,19 @@ class ModelRecord:
         path = Path(folder) / "diffmem.json"
         if not path.exists():
             return None
-        try:
-            rec = cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise DiffmemError(f"{path}: not a valid training record ({type(exc).__name__}: {exc})") from None
+        rec = cls.from_dict(read_json(path), str(path))
         local = Path(folder) / rec.data
         if rec.data != "fashion-mnist" and not Path(rec.data).is_absolute() and local.exists():
             rec = dataclasses.replace(rec, data=str(local))
         return rec
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "ModelRecord":
-        """A record from the JSON object ``diffmem train`` writes (KeyError/TypeError/ValueError if malformed)."""
-        if not isinstance(raw, dict):
-            raise ValueError("not a JSON object")
-        indices = tuple(int(i) for i in raw["indices"])
-        copies = tuple(int(c) for c in raw["copies"])
-        if len(indices) != len(copies) or not indices:
-            raise ValueError(f"{len(indices)} indices but {len(copies)} copy counts")
-        null = raw.get("null_class")
-        captions = raw.get("captions")
-        if captions is not None and not (isinstance(captions, list) and all(isinstance(c, str) for c in captions)):
-            raise ValueError("captions: not a list of strings")
+    def from_dict(cls, raw, what: str = "diffmem.json") -> "ModelRecord":
+        """A record from the JSON object ``diffmem train`` writes (:class:`~diffmem.schemas.RecordFile`);
+        a malformed one is an error naming ``what``."""
+        from diffmem.schemas import RecordFile, validate
+        raw = validate(raw, RecordFile, what)
         own = ("data", "size", "indices", "copies", "null_class", "captions")
-        return cls(str(raw["data"]), int(raw["size"]), indices, copies, None if null is None else int(null),
-                   None if captions is None else tuple(captions), {k: v for k, v in raw.items() if k not in own})
+        return cls(raw["data"], raw["size"], tuple(raw["indices"]), tuple(raw["copies"]), raw["null_class"],
+                   None if raw["captions"] is None else tuple(raw["captions"]),
+                   {k: v for k, v in raw.items() if k not in own})

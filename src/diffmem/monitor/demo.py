@@ -9,7 +9,8 @@ from diffmem.train.pixel import train_unet
 from diffmem.monitor.plots import plot_runs
 from diffmem.errors import check
 from diffmem.monitor.training import TrainingCallback, checkpoint_folders, ground_truth, run_summary
-from diffmem.outputs import output_dir, write_json
+from diffmem.outputs import output_dir
+from diffmem.schemas import MonitorFile, write_result
 
 # name: training duplication ('' = none); everything else is shared (DEMO_SETTINGS)
 DEMO_RUNS = {"duplicated": "10x100", "control": ""}
@@ -27,7 +28,7 @@ def run_demo(out: str | Path, seed: int = 0, distinct: int = 2000, steps: int = 
     and write ``out/monitor.json`` (``runs.NAME``: alarm/onset steps, baselines, checkpoints),
     ``out/monitor.png`` and ``out/runs/NAME/`` (the model and its checkpoints)."""
     runs = DEMO_RUNS if runs is None else runs
-    check(every <= steps, f"--every {every}: more than the {steps} training steps")
+    check(every <= steps, f"every={every}: more than the {steps} training steps")
     result = {"settings": {"seed": seed, "distinct": distinct, "steps": steps, "every": every,
                            "batch_size": batch_size, "config": config, "size": size,
                            "n_ground_truth": n_ground_truth, "dup": runs}, "runs": {}}
@@ -39,6 +40,6 @@ def run_demo(out: str | Path, seed: int = 0, distinct: int = 2000, steps: int = 
                        size=size, seed=seed, checkpoint_every=every, callback=cb, quiet=quiet)
             truth = ground_truth(checkpoint_folders([folder / "checkpoints"]), n_ground_truth, seed, quiet=quiet)
             result["runs"][name] = run_summary(cb.monitor, truth)
-        write_json(tmp / "monitor.json", result)
+        write_result(tmp / "monitor.json", result, MonitorFile)
         plot_runs(result["runs"], tmp / "monitor.png")
     return result

@@ -28,9 +28,9 @@ from diffmem.data.images import image_key
 from diffmem.errors import check
 from diffmem.models.load import wrap_model
 from diffmem.monitor import rules
-from diffmem.outputs import write_json
 from diffmem.probe.adapters import Adapter, gaussian_like
 from diffmem.probe.represent import forward, generators
+from diffmem.schemas import MonitorFile, write_result
 from diffmem.stats import std as std_stat
 
 OURS = "spikiness.tail"
@@ -82,7 +82,7 @@ class MemorizationMonitor:
                  layers: Sequence[str] | None = None, t: float | None = None,
                  loss_ts: Sequence[float] | None = None, alpha: float = rules.ALPHA, tail: float = rules.TAIL,
                  seed: int = 0, batch_size: int = 256, scheduler=None):
-        check(every >= 1, f"--every {every}: must be >= 1")
+        check(every >= 1, f"every={every}: must be >= 1")
         check(len(probe_images) >= 8 and len(reference_images) >= 8, "monitor: need >= 8 probe and reference images")
         check(probe_images.shape[1:] == reference_images.shape[1:],
               f"monitor: probe images {tuple(probe_images.shape[1:])} and references "
@@ -188,4 +188,5 @@ class MemorizationMonitor:
                 "checkpoints": [{**r, "alarm": r["step"] in fired} for r in self.history_]}
 
     def save(self, path: str | Path) -> Path:
-        return write_json(path, self.summary())
+        """``monitor.json`` with this monitor as its one run (``runs.run``, :class:`~diffmem.schemas.MonitorFile`)."""
+        return write_result(path, {"runs": {"run": self.summary()}}, MonitorFile)

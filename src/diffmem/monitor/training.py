@@ -15,6 +15,7 @@ from diffmem.neighbours import label_samples
 from diffmem.errors import check
 from diffmem.models.record import ModelRecord
 from diffmem.monitor.monitor import MemorizationMonitor
+from diffmem.outputs import jsonable
 from diffmem.probe.adapters import Adapter
 from diffmem.probe.sampling import sample_images
 
@@ -50,7 +51,7 @@ class TrainingCallback:
         if step % self.every:
             return
         if self.monitor is None:
-            probe, ref = probe_and_reference(ModelRecord.from_dict(record), self.n_probe, self.n_reference, self.seed)
+            probe, ref = probe_and_reference(ModelRecord.from_dict(jsonable(record)), self.n_probe, self.n_reference, self.seed)
             self.monitor = MemorizationMonitor(probe, ref, every=self.every, seed=self.seed)
         before = self.monitor.alarm_step_
         self.monitor.step(model, step)
@@ -125,7 +126,7 @@ def ground_truth(checkpoints: Sequence[tuple[Path, int]], n: int, seed: int = 0,
     out = []
     for f, step in progress(checkpoints, desc="ground truth", disable=quiet):
         adapter = load_adapter(f, device=device)
-        check(adapter.record is not None, f"{f}: no diffmem.json training record; --ground-truth needs one")
+        check(adapter.record is not None, f"{f}: no diffmem.json training record; ground_truth=True needs one")
         out.append({"step": step, **copy_fraction(adapter, n, seed)})
     return out
 

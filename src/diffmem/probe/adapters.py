@@ -39,7 +39,7 @@ class DDIMSampler:
     def __init__(self, scheduler, steps: int, eta: float):
         from diffusers import DDIMScheduler
         total = scheduler.config.num_train_timesteps
-        check(1 <= steps <= total, f"--steps {steps}: must be in [1, {total}]")
+        check(1 <= steps <= total, f"steps={steps}: must be in [1, {total}]")
         self.sched = DDIMScheduler.from_config(scheduler.config)
         self.sched.set_timesteps(steps)
         self.timesteps = [int(t) for t in self.sched.timesteps]
@@ -54,7 +54,7 @@ class EulerSigmaSampler:
     then one final denoising step x − σ_min ε̂."""
 
     def __init__(self, steps: int, sigma_min: float, sigma_max: float):
-        check(steps >= 1, f"--steps {steps}: must be >= 1")
+        check(steps >= 1, f"steps={steps}: must be >= 1")
         grid = torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), steps + 1))
         self.timesteps = [float(s) for s in grid]
         self.eta, self.init_scale = 0.0, sigma_max
@@ -80,6 +80,7 @@ class Adapter:
     default_pool: str = "auto"
     default_t: float = 10
     t_grid: tuple[float, ...] = (10, 20, 50, 100, 200)   # timesteps tuned over (bench, fusion detector, monitor)
+    t_convention: str = "timestep"      # what t means: a scheduler "timestep" or a noise level "sigma"
     cfg_order: str = "uncond_cond"      # batch order of classifier-free guidance in this family
     condition_kind: str | None = None   # "class" | "prompt" | None
     num_classes: int | None = None      # real classes (the null class excluded) when condition_kind == "class"
@@ -155,7 +156,7 @@ class Adapter:
         return float(t)
 
     def validate_t(self, t: float) -> None:
-        check(t == t, f"--t {t}: must be a number")
+        check(t == t, f"t={t}: must be a number")
 
     def sampler(self, steps: int, eta: float = 0.0):
         """The sampler of this family (``timesteps``, ``init_scale``, ``step``)."""
@@ -179,18 +180,18 @@ class Adapter:
                    prompts: Sequence[str] | None = None) -> list | None:
         """n condition values (cycled) for sampling: class labels (default: every class in turn),
         prompts (default: None = unconditional), or None for unconditional models. Wrong kinds and
-        out-of-range classes are errors naming the flag."""
+        out-of-range classes are errors naming the parameter."""
         self.check_count(n)
         kind = self.condition_kind
         if classes is not None:
-            check(kind == "class", f"--classes: this {self.family} model is not class-conditional")
+            check(kind == "class", f"classes={','.join(map(str, classes))}: this {self.family} model is not class-conditional")
             vals = [int(c) for c in classes]
             check(bool(vals) and all(0 <= c < self.num_classes for c in vals),
-                  f"--classes {','.join(map(str, vals))}: each class must lie in [0, {self.num_classes - 1}]")
+                  f"classes={','.join(map(str, vals))}: each class must lie in [0, {self.num_classes - 1}]")
             return [vals[j % len(vals)] for j in range(n)]
         if prompts is not None:
-            check(kind == "prompt", f"--prompt/--prompts: this {self.family} model is not prompt-conditioned")
-            check(len(prompts) > 0, "--prompt/--prompts: no prompts given")
+            check(kind == "prompt", f"prompts=({len(prompts)} given): this {self.family} model is not prompt-conditioned")
+            check(len(prompts) > 0, "prompts=[]: no prompts given")
             return [str(prompts[j % len(prompts)]) for j in range(n)]
         if kind == "class":
             return [j % self.num_classes for j in range(n)]
@@ -239,7 +240,7 @@ class _SchedulerNoise:
 
     def validate_t(self, t: float) -> None:
         n = self.scheduler.config.num_train_timesteps
-        check(float(t).is_integer() and 0 <= t < n, f"--t {t}: must be an integer timestep in [0, {n - 1}]")
+        check(float(t).is_integer() and 0 <= t < n, f"t={t}: must be an integer timestep in [0, {n - 1}]")
 
     def add_noise(self, z, t, eps):
         self.validate_t(t)
@@ -465,6 +466,7 @@ class TheoryAdapter(Adapter):
     steering_pool = "flatten"
     default_t = 0.1
     t_grid = (0.05, 0.1, 0.2, 0.5, 1.0)                   # noise levels σ
+    t_convention = "sigma"
 
     def __init__(self, model: nn.Module, image_shape: tuple[int, int, int], path=None, record=None):
         super().__init__(path, record)
@@ -484,7 +486,7 @@ class TheoryAdapter(Adapter):
         return (self.image_channels * self.image_size ** 2,)
 
     def validate_t(self, t):
-        check(t == t and t > 0, f"--t {t}: the theory family's timestep is a noise level σ > 0")
+        check(t == t and t > 0, f"t={t}: the theory family's timestep is a noise level σ > 0")
 
     def prepare(self, x):
         z = x.reshape(x.shape[0], -1).to(self.device, self.dtype)

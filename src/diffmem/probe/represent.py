@@ -89,7 +89,7 @@ def spikiness(adapter: Adapter, x: torch.Tensor, keys: Sequence[str], layer: str
     t = adapter.default_t if t is None else t
     pool = pool or adapter.default_pool
     if repeats < 1:
-        raise DiffmemError(f"--repeats {repeats}: must be >= 1")
+        raise DiffmemError(f"repeats={repeats}: must be >= 1")
     z = None
     totals: dict[str, torch.Tensor] = {}
     for r in range(repeats):

@@ -62,8 +62,8 @@ def sample(adapter: Adapter, n: int, conditions: Sequence | None = None, guidanc
     check(batch_size >= 1, f"batch_size={batch_size}: must be >= 1")
     adapter.check_count(n)
     batch_size = min(batch_size, n)
-    check(sampler in ("ddim", "ddpm"), f"--sampler {sampler!r}: 'ddim' or 'ddpm'")
-    check(guidance == guidance and 0 <= guidance < float("inf"), f"--guidance {guidance}: must be finite and >= 0")
+    check(sampler in ("ddim", "ddpm"), f"sampler={sampler!r}: 'ddim' or 'ddpm'")
+    check(guidance == guidance and 0 <= guidance < float("inf"), f"guidance={guidance}: must be finite and >= 0")
     eta = 0.0 if sampler == "ddim" else 1.0
     names = list(range(n)) if indices is None else [int(j) for j in indices]
     check(len(names) == n, "sample: one index per sample")

@@ -12,8 +12,8 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from diffmem.errors import DiffmemError
-from diffmem.outputs import read_json
-from diffmem.schemas import AuditFile, read_result
+from diffmem.schemas import (AuditFile, BenchFile, MonitorFile, SteerFile, TuningFile, VerifyFile,
+                             read_result)
 from diffmem.plotting import plt
 
 # figure file name → (section, caption: what it shows and what to look for)
@@ -141,6 +141,8 @@ def _shape(path: Path):
     """A results file of the wrong shape (valid JSON, missing or mistyped keys) is one error naming it."""
     try:
         yield
+    except DiffmemError:
+        raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise DiffmemError(f"{path}: not a complete diffmem result ({type(exc).__name__}: {exc})") from None
 
@@ -175,7 +177,7 @@ def _tables(root: Path) -> list[dict]:
                                                      "concentrate there."})
     for path in sorted(root.rglob("bench.json")):
         with _shape(path):
-            b = read_json(path)
+            b = read_result(path, BenchFile)
             t = bench_rows(b, {k: v for k, v in METHOD_NAMES.items()})
             seeds = ", ".join(map(str, b.get("seeds", [])))
             tables.append({"section": "Detection benchmark", "title": "Every method under one protocol", **t,
@@ -192,16 +194,14 @@ def _tables(root: Path) -> list[dict]:
                                             f"threshold fitted on prompts never trained on."})
     for path in sorted(root.rglob("verify.json")):
         with _shape(path):
-            v = read_json(path)
+            v = read_result(path, VerifyFile)
             rows = [[r, f"{d['rel_err']:.4f}", f"{d['rep_std_train']:.3f}"] for r, d in v["regimes"].items()]
             tables.append({"section": "Theory", "title": "Trained ReLU-DAEs against the closed-form minimizers",
                            "head": ["regime", "relative error ‖WWᵀ − W*W*ᵀ‖/‖W*W*ᵀ‖", "representation std (train)"],
                            "rows": rows, "note": "Relative errors near 0: training reaches the predicted minimizer."})
     for path in sorted(root.rglob("monitor.json")):
         with _shape(path):
-            m = read_json(path)
-            if not isinstance(m.get("runs"), dict):
-                continue
+            m = read_result(path, MonitorFile)
             step = lambda v: "never" if v is None else f"{v:,}"  # noqa: E731
             rows = [[name, step(r["alarm_step"]), step(r.get("onset_step")),
                      *(step(r["baselines"].get(k)) for k in MONITOR_BASELINES)] for name, r in m["runs"].items()]
@@ -213,7 +213,7 @@ def _tables(root: Path) -> list[dict]:
                                    "row. An alarm at or before the onset is early; any alarm on a control run is false."})
     for path in sorted(root.rglob("steer.json")):
         with _shape(path):
-            s = read_json(path)
+            s = read_result(path, SteerFile)
             ci = lambda d, k, f: f"{d[k]:{f}}" + (f" [{d[k + '_ci'][0]:{f}}, {d[k + '_ci'][1]:{f}}]"  # noqa: E731
                                                    if k + "_ci" in d else "") if d.get(k) is not None else "—"
             rows = [[g, str(d["n"]), ci(d, "attribute_gain", ".3f"), ci(d, "monotonicity", ".2f"),
@@ -244,9 +244,7 @@ def _figures(root: Path) -> list[dict]:
                      "caption": caption or "", "uri": _data_uri(p.read_bytes())})
     for path in sorted(root.rglob("tuning.json")):
         with _shape(path):
-            tuning = read_json(path)
-            if not isinstance(tuning, dict) or not tuning:
-                raise ValueError("no seed's tuning in it")
+            tuning = read_result(path, TuningFile)
             first = next(iter(tuning.values()))
             if isinstance(first, dict) and "spikiness" in first:
                 section, caption = FIGURES["layer_auroc.png"]

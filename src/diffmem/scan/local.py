@@ -152,8 +152,8 @@ def scan_settings(adapter: Adapter, layer: str | None, t: float | None, pool: st
                 "family": adapter.family}
     parse_layer(settings["layer"], adapter.denoiser)
     adapter.validate_t(settings["t"])
-    check(settings["pool"] in POOLS, f"--pool {settings['pool']!r}: one of {', '.join(POOLS)}")
-    check(repeats >= 1, f"--repeats {repeats}: must be >= 1")
+    check(settings["pool"] in POOLS, f"pool={settings['pool']!r}: one of {', '.join(POOLS)}")
+    check(repeats >= 1, f"repeats={repeats}: must be >= 1")
     check(statistic in STATISTICS, f"statistic {statistic!r}: one of {', '.join(STATISTICS)}")
     return settings
 
@@ -186,8 +186,8 @@ class ScanConfig:
     allow_other_model: bool = False
 
     def __post_init__(self):
-        check(self.on_error in ("skip", "fail"), f"--on-error {self.on_error!r}: 'skip' or 'fail'")
-        check(self.batch_size >= 1 and self.part_size >= 1, "--batch-size and --part-size must be >= 1")
+        check(self.on_error in ("skip", "fail"), f"on_error={self.on_error!r}: 'skip' or 'fail'")
+        check(self.batch_size >= 1 and self.part_size >= 1, f"batch_size={self.batch_size}, part_size={self.part_size}: both must be >= 1")
 
 
 def prepare(adapter: Adapter, images: str | os.PathLike, cfg: ScanConfig, threads: int) -> tuple[dict, Source, int]:
@@ -277,8 +277,8 @@ def _prepare_parts(parts: Path, settings: dict, resume: bool) -> set:
     record = parts / "settings.json"
     if parts.exists() and any(parts.glob("*.parquet")):
         if not resume:
-            raise DiffmemError(f"{parts}: holds parts of an earlier scan; pass --resume to continue it "
-                               f"or choose another --out")
+            raise DiffmemError(f"{parts}: holds parts of an earlier scan; pass resume=True to continue it "
+                               f"or write to another folder")
         old = json.loads(record.read_text()) if record.exists() else {}
         diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
         if diff:

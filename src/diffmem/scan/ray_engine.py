@@ -30,7 +30,7 @@ def _import_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise DiffmemError("--engine ray needs Ray Data: pip install 'diffmem[ray]'") from None
+        raise DiffmemError("engine='ray' needs Ray Data: pip install 'diffmem[ray]'") from None
     return ray
 
 
@@ -63,8 +63,8 @@ class RayConfig:
     gpus_per_worker: float = 0.0
 
     def __post_init__(self):
-        check(self.workers >= 1 and self.threads >= 1, "--workers and --threads must be >= 1")
-        check(self.gpus_per_worker >= 0, f"--gpus-per-worker {self.gpus_per_worker}: must be >= 0")
+        check(self.workers >= 1 and self.threads >= 1, f"workers={self.workers}, threads={self.threads}: both must be >= 1")
+        check(self.gpus_per_worker >= 0, f"gpus_per_worker={self.gpus_per_worker}: must be >= 0")
 
 
 def scan_ray(model: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,

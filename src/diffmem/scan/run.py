@@ -22,7 +22,7 @@ def run(model: str | os.PathLike, images: str | os.PathLike, out: str | os.PathL
     Data pipeline of ``ray.workers`` actors). The two give bit-identical tables when their thread
     counts per process match (kernels reduce in a thread-count-dependent order)."""
     from diffmem.models import load_adapter
-    check(engine in ENGINES, f"--engine {engine!r}: one of {', '.join(ENGINES)}")
+    check(engine in ENGINES, f"engine={engine!r}: one of {', '.join(ENGINES)}")
     if engine == "ray":
         return scan_ray(model, images, out, cfg, ray, resume, allow_pickle, device, dtype, quiet)
     before = torch.get_num_threads()

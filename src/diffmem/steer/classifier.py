@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from torch import nn
 from diffmem.data.images import resize_area
 from diffmem.errors import DiffmemError, check
 from diffmem.outputs import output_dir, progress
+from diffmem.schemas import ClassifierFile, read_result, write_result
 
 CLASSIFIER = Path(__file__).resolve().parent.parent / "assets" / "classifier"
 
@@ -68,18 +68,19 @@ def train_classifier(out: str | os.PathLike, size: int = 16, epochs: int = 3, ba
               "parameters": sum(p.numel() for p in model.parameters())}
     with output_dir(out) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-        (tmp / "classifier.json").write_text(json.dumps(record, indent=2))
+        write_result(tmp / "classifier.json", record, ClassifierFile)
     return record
 
 
 def load_classifier(path: str | os.PathLike = CLASSIFIER) -> tuple[SmallCNN, dict]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
     path = Path(path)
+    meta = read_result(path / "classifier.json", ClassifierFile)
     try:
-        meta = json.loads((path / "classifier.json").read_text())
         model = SmallCNN()
         model.load_state_dict(load_file(path / "model.safetensors"))
-    except (OSError, json.JSONDecodeError, RuntimeError) as exc:
+    except (OSError, RuntimeError, SafetensorError) as exc:
         raise DiffmemError(f"{path}: not a diffmem classifier ({exc})") from None
     return model.eval(), meta
 

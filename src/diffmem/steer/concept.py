@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -13,6 +12,7 @@ from diffmem.detect.detector import image_keys
 from diffmem.errors import DiffmemError, check
 from diffmem.probe.adapters import Adapter
 from diffmem.probe.represent import generators, represent
+from diffmem.schemas import ConceptFile, read_result, write_result
 
 MODES = ("mean", "mean_diff")
 
@@ -71,19 +71,20 @@ class ConceptVector:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.vectors_.items()}, path / "vectors.safetensors")
-        (path / "concept.json").write_text(json.dumps({"layers": self.layers, "t": self.t, "mode": self.mode,
-                                                       "pool": self.pool, "weights": self.weights,
-                                                       "seed": self.seed, "n_positives": self.n_positives_}))
+        write_result(path / "concept.json", {"layers": self.layers, "t": self.t, "mode": self.mode, "pool": self.pool,
+                                             "weights": self.weights, "seed": self.seed,
+                                             "n_positives": self.n_positives_}, ConceptFile)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ConceptVector":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
         path = Path(path)
+        meta = read_result(path / "concept.json", ConceptFile)
         try:
-            meta = json.loads((path / "concept.json").read_text())
             vectors = load_file(path / "vectors.safetensors")
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, SafetensorError) as exc:
             raise DiffmemError(f"{path}: not a saved concept vector ({exc})") from None
         cv = cls(None, meta["layers"], meta["t"], meta["mode"], meta["pool"], meta["weights"], meta["seed"])
         cv.vectors_, cv.n_positives_ = vectors, meta["n_positives"]

@@ -26,8 +26,8 @@ def parse_window(text: str, total: int) -> tuple[int, int]:
                 raise ValueError
             start, end = int(a or 0), int(b) if b else total
     except ValueError:
-        raise DiffmemError(f"--window {text!r}: expected START:END or lastN[-K]") from None
-    check(0 <= start < end <= total, f"--window {text!r}: window [{start}, {end}) lies outside the "
+        raise DiffmemError(f"window={text!r}: expected START:END or lastN[-K]") from None
+    check(0 <= start < end <= total, f"window={text!r}: window [{start}, {end}) lies outside the "
                                      f"{total}-step schedule")
     return start, end
 

@@ -23,7 +23,7 @@ class Duplication:
         for part in filter(None, (p.strip() for p in text.split(","))):
             a, sep, b = part.partition("x")
             check(sep == "x" and a.isdigit() and b.isdigit() and int(a) > 0 and int(b) > 0,
-                  f"--dup {text!r}: expected COUNTxCOPIES[,COUNTxCOPIES…] with positive integers")
+                  f"dup={text!r}: expected COUNTxCOPIES[,COUNTxCOPIES…] with positive integers")
             out.append(cls(int(a), int(b)))
         return out
 
@@ -37,7 +37,7 @@ def build_training_set(images: np.ndarray, labels: np.ndarray | None, distinct: 
     indices, one per training example)}``.
     """
     n_dup = sum(d.count for d in dup)
-    check(distinct >= 0, f"--distinct {distinct}: must be >= 0")
+    check(distinct >= 0, f"distinct={distinct}: must be >= 0")
     check(distinct + n_dup >= 1, "training set: no images requested")
     check(distinct + n_dup <= len(images),
           f"training set: {distinct + n_dup} distinct images requested, the source has {len(images)}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from diffmem.data.records import load_source
 from diffmem.train.dataset import Duplication, build_training_set
 from diffmem.errors import check
 from diffmem.outputs import output_dir, progress
+from diffmem.schemas import RecordFile, write_result
 from diffmem.train import cosine_schedule, update
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}   # --schedule �
 def make_unet(config: str, size: int, channels: int, num_classes: int | None, seed: int):
     """A ``UNet2DModel`` from :data:`UNET_CONFIGS`; class embeddings 0…num_classes−1 plus a null class."""
     from diffusers import UNet2DModel
-    check(config in UNET_CONFIGS, f"--config {config!r}: one of {', '.join(UNET_CONFIGS)}")
+    check(config in UNET_CONFIGS, f"config={config!r}: one of {', '.join(UNET_CONFIGS)}")
     c = UNET_CONFIGS[config]
     n = len(c.blocks)
     down = ("DownBlock2D",) * (n - 1) + ("AttnDownBlock2D" if c.attention else "DownBlock2D",)
@@ -70,10 +70,10 @@ def train_unet(out: str | os.PathLike, data: str = "fashion-mnist", size: int = 
     step (``record``: the training record dict), e.g. :class:`diffmem.monitor.training.TrainingCallback`.
     """
     from diffusers import DDPMPipeline, DDPMScheduler
-    check(steps >= 1 and batch_size >= 1, "--steps and --batch-size must be >= 1")
-    check(0 <= label_dropout < 1, f"--label-dropout {label_dropout}: must be in [0, 1)")
-    check(schedule in SCHEDULES, f"--schedule {schedule!r}: one of {', '.join(SCHEDULES)}")
-    check(checkpoint_every >= 0, f"--checkpoint-every {checkpoint_every}: must be >= 0")
+    check(steps >= 1 and batch_size >= 1, f"steps={steps}, batch_size={batch_size}: both must be >= 1")
+    check(0 <= label_dropout < 1, f"label_dropout={label_dropout}: must be in [0, 1)")
+    check(schedule in SCHEDULES, f"schedule={schedule!r}: one of {', '.join(SCHEDULES)}")
+    check(checkpoint_every >= 0, f"checkpoint_every={checkpoint_every}: must be >= 0")
     if threads:
         torch.set_num_threads(threads)
     dups = Duplication.parse(dup)
@@ -96,7 +96,7 @@ def train_unet(out: str | os.PathLike, data: str = "fashion-mnist", size: int = 
 
     def save(folder: Path, **extra) -> None:
         DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(folder, safe_serialization=True)
-        (folder / "diffmem.json").write_text(json.dumps({**record, **extra}))
+        write_result(folder / "diffmem.json", {**record, **extra}, RecordFile)
 
     def checkpoint(k: int) -> None:            # straight into out (each one atomic): kept if training dies
         with output_dir(Path(out) / "checkpoints" / f"step-{k:06d}") as folder:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from diffmem.train.dataset import Duplication
 from diffmem.errors import check
 from diffmem.outputs import output_dir, progress
+from diffmem.schemas import RecordFile, write_result
 from diffmem.train import cosine_schedule, update
 
 COLOURS = {"red": (1.0, 0.15, 0.15), "green": (0.15, 0.9, 0.15), "blue": (0.2, 0.35, 1.0),
@@ -347,5 +348,5 @@ def train_t2i(out: str | os.PathLike, cfg: T2IConfig = T2IConfig(), seed: int = 
     with output_dir(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         np.save(tmp / "data.npy", items["images"])
-        (tmp / "diffmem.json").write_text(json.dumps(record))
+        write_result(tmp / "diffmem.json", record, RecordFile)
     return {k: v for k, v in record.items() if not isinstance(v, list) or k == "copy_share_history"}
