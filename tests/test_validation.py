@@ -207,6 +207,16 @@ def _corpus(root):
     broken("timesteps_text", edit("scheduler/scheduler_config.json", num_train_timesteps="many"))
     broken("timesteps_zero", edit("scheduler/scheduler_config.json", num_train_timesteps=0))
     broken("beta_nan", edit("scheduler/scheduler_config.json", beta_end=float("nan")))
+    record = {"data": "fashion-mnist", "size": 16, "indices": [0, 1], "copies": [1, 1]}
+    for name, bad in (("record_counts_disagree", {"copies": [1]}), ("record_zero_copies", {"copies": [0, 1]}),
+                      ("record_captions_not_text", {"captions": [1, 2]}), ("record_size_text", {"size": "16"})):
+        broken(name, lambda d, bad=bad: (d / "diffmem.json").write_text(json.dumps({**record, **bad})))
+    (root / "det_list").mkdir()
+    (root / "det_list" / "detector.json").write_text("[]")
+    cases.append(("detector_json_list", ["scan", str(model), str(imgs), "--detector", str(root / "det_list")]))
+    (root / "det_kind").mkdir()
+    (root / "det_kind" / "detector.json").write_text(json.dumps({"kind": "SVM", "params": {}, "t": 10}))
+    cases.append(("detector_wrong_kind", ["scan", str(model), str(imgs), "--detector", str(root / "det_kind")]))
     np.save(root / "floats255.npy", np.full((2, 16, 16), 200.0, np.float32))
     cases.append(("float_array_0_255", ["scan", str(model), str(root / "floats255.npy")]))
     np.save(root / "int32.npy", np.zeros((2, 16, 16), np.int32))
