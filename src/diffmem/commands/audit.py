@@ -17,32 +17,33 @@ from diffmem.report import build_report
 from diffmem.schemas import AuditFile, write_result
 
 
-def audit(model: Model, out: Out,
-          images: Annotated[str | None, Opt("audit these images (folder, .npy/.npz or .jsonl manifest) instead of "
-                                            "sampling", metavar="DIR")] = None,
+Images = Annotated[str | None, Opt("audit these images (folder, .npy/.npz or .jsonl manifest) instead of sampling",
+                                  metavar="DIR")]
+Generations = Annotated[int | None, Opt("with --prompts: this many generations of every prompt (replaces --n)",
+                                        min=1, max=1000)]
+Reference = Annotated[str | None, Opt("held-out real images the model never trained on (folder or .npy); default: "
+                                      "held-out images of a `diffmem train` model's data", metavar="DIR")]
+ReferencePrompts = Annotated[str | None, Opt("text-to-image: a file of prompts the model never trained on; the "
+                                             "threshold is fitted on --n-reference generations of them (cycled) "
+                                             "instead of on real images", metavar="FILE")]
+Train = Annotated[str | None, Opt("training images (folder or .npy) to check every sample against (default: the "
+                                  "model's training record, if any)", metavar="DIR")]
+Fpr = Annotated[float, Opt("target false-positive rate on the model's samples that copy nothing", above=0, max=0.5)]
+CalibrationKind = Annotated[str, Opt("fit the threshold on the reference images as the model regenerates them from "
+                                     "--regenerate-t0 (regenerated), or as they are (reference)", choices=CALIBRATIONS)]
+RegenerateT0 = Annotated[int, Opt("regenerated calibration: the timestep the references are regenerated from",
+                                  min=1, max=999)]
+Detector = Annotated[str | None, Opt("a detector saved by `diffmem bench` (default: MODEL_DIR/detector if present, "
+                                     "else the label-free max z of four scores)", metavar="DIR")]
+
+
+def audit(model: Model, out: Out, images: Images = None,
           n: Annotated[int, Opt("samples to draw from the model (without --images)", min=1)] = 1000,
-          classes: Classes = None, prompts: Prompts = None,
-          generations: Annotated[int | None, Opt("with --prompts: this many generations of every prompt "
-                                                 "(replaces --n)", min=1, max=1000)] = None,
-          reference: Annotated[str | None, Opt("held-out real images the model never trained on (folder or "
-                                               ".npy); default: held-out images of a `diffmem train` model's "
-                                               "data", metavar="DIR")] = None,
-          reference_prompts: Annotated[str | None, Opt("text-to-image: a file of prompts the model never trained on; "
-                                                       "the threshold is fitted on --n-reference generations of "
-                                                       "them (cycled) instead of on real images", metavar="FILE")] = None,
+          classes: Classes = None, prompts: Prompts = None, generations: Generations = None,
+          reference: Reference = None, reference_prompts: ReferencePrompts = None,
           n_reference: Annotated[int, Opt("reference images used at most", min=4, max=100000)] = 1000,
-          train: Annotated[str | None, Opt("training images (folder or .npy) to check every sample against "
-                                           "(default: the model's training record, if any)", metavar="DIR")] = None,
-          fpr: Annotated[float, Opt("target false-positive rate on the model's samples that copy nothing",
-                                    above=0, max=0.5)] = 0.01,
-          calibration: Annotated[str, Opt("fit the threshold on the reference images as the model regenerates "
-                                          "them from --regenerate-t0 (regenerated), or as they are (reference)",
-                                          choices=CALIBRATIONS)] = Calibration.kind,
-          regenerate_t0: Annotated[int, Opt("regenerated calibration: the timestep the references are "
-                                            "regenerated from", min=1, max=999)] = Calibration.t0,
-          detector: Annotated[str | None, Opt("a detector saved by `diffmem bench` (default: MODEL_DIR/detector "
-                                              "if present, else the label-free max z of four scores)",
-                                              metavar="DIR")] = None,
+          train: Train = None, fpr: Fpr = 0.01, calibration: CalibrationKind = Calibration.kind,
+          regenerate_t0: RegenerateT0 = Calibration.t0, detector: Detector = None,
           allow_other_model: Annotated[bool, Opt("apply a --detector fitted on other model weights")] = False,
           guidance: Guidance = 1.0, steps: Steps = 50, batch_size: BatchSize = 256,
           n_boot: Annotated[int, Opt("bootstrap resamples of the flagged share", min=1)] = 1000,

@@ -4,37 +4,34 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import torch
-
 from diffmem.commands.options import AllowPickle, Device, DType, Opt, Out, Quiet, Seed
-from diffmem.data import load_images
 from diffmem.errors import check
-from diffmem.models.load import load_adapter
 from diffmem.monitor.bench import overhead
 from diffmem.monitor.demo import DEMO_SETTINGS, TEST_SETTINGS, run_demo
-from diffmem.monitor.monitor import MemorizationMonitor
 from diffmem.monitor.plots import plot_runs
-from diffmem.monitor.training import N_PROBE, N_REFERENCE, checkpoint_folders, probe_and_reference, run_summary
-from diffmem.monitor.training import ground_truth as copy_fractions
-from diffmem.outputs import check_out, output_dir, progress, write_json
+from diffmem.monitor.training import N_PROBE, N_REFERENCE, OfflineMonitor, monitor_checkpoints
+from diffmem.outputs import check_out, output_dir, write_json
 from diffmem.schemas import MonitorFile, write_result
 
 
-def monitor(out: Out,
-            checkpoints: Annotated[list, Opt("checkpoint folders, or folders of them (e.g. RUN/checkpoints)",
-                                             positional=True, metavar="CKPT_DIR", many=True)] = (),
-            ground_truth: Annotated[bool, Opt("also sample every checkpoint and record its copy fraction "
-                                              "(d1/d2 < 1/3 against the training set; slow)")] = False,
+Checkpoints = Annotated[list, Opt("checkpoint folders, or folders of them (e.g. RUN/checkpoints)", positional=True,
+                                 metavar="CKPT_DIR", many=True)]
+GroundTruth = Annotated[bool, Opt("also sample every checkpoint and record its copy fraction (d1/d2 < 1/3 against "
+                                  "the training set; slow)")]
+Probe = Annotated[str | None, Opt("training images to probe (folder/.npy; default: drawn from the checkpoints' "
+                                  "training record)", metavar="IMAGES")]
+Reference = Annotated[str | None, Opt("held-out images (folder/.npy; default: from the training record)",
+                                      metavar="IMAGES")]
+Demo = Annotated[bool, Opt("train the duplicated and control demonstration runs (about 35 min on 2 cores) and "
+                           "monitor them; no CKPT_DIR")]
+
+
+def monitor(out: Out, checkpoints: Checkpoints = (), ground_truth: GroundTruth = False,
             n: Annotated[int, Opt("samples per checkpoint for --ground-truth", min=1)] = 500,
-            probe: Annotated[str | None, Opt("training images to probe (folder/.npy; default: drawn from the "
-                                             "checkpoints' training record)", metavar="IMAGES")] = None,
-            reference: Annotated[str | None, Opt("held-out images (folder/.npy; default: from the training record)",
-                                                 metavar="IMAGES")] = None,
+            probe: Probe = None, reference: Reference = None,
             n_probe: Annotated[int, Opt("training rows drawn for the probe set", min=8)] = N_PROBE,
             n_reference: Annotated[int, Opt("held-out reference images", min=8)] = N_REFERENCE,
-            demo: Annotated[bool, Opt("train the duplicated and control demonstration runs (about 35 min on 2 "
-                                      "cores) and monitor them; no CKPT_DIR")] = False,
-            quick: Annotated[bool, Opt("with --demo: tiny runs (seconds; for tests)")] = False,
+            demo: Demo = False, quick: Annotated[bool, Opt("with --demo: tiny runs (seconds; for tests)")] = False,
             seed: Seed = 0, device: Device = "auto", dtype: DType = "float32", allow_pickle: AllowPickle = False,
             quiet: Quiet = False) -> dict:
     """Memorization signals of saved training checkpoints (spikiness of training images against
@@ -45,22 +42,8 @@ def monitor(out: Out,
         check(not checkpoints, "--demo trains its own runs: give no CKPT_DIR")
         return run_demo(out, seed=seed, quiet=quiet, **(TEST_SETTINGS if quick else DEMO_SETTINGS))
     check(bool(checkpoints), "CKPT_DIR: give at least one checkpoint folder (or --demo)")
-    pairs = checkpoint_folders(checkpoints)
-    folders, steps = [f for f, _ in pairs], [s for _, s in pairs]
-    check(len(set(steps)) == len(steps), f"CKPT_DIR: two checkpoints share a training step ({steps})")
-    first = load_adapter(folders[0], allow_pickle, device, dtype)
-    size, channels = first.image_size, first.image_channels
-    if probe is None or reference is None or ground_truth:
-        check(first.record is not None, f"{folders[0]}: no diffmem.json training record; give --probe and "
-                                        f"--reference (and no --ground-truth)")
-    drawn = probe_and_reference(first.record, n_probe, n_reference, seed) if first.record is not None else (None, None)
-    images = [drawn[i] if src is None else torch.from_numpy(load_images(src, size=size, channels=channels))
-              for i, src in enumerate((probe, reference))]
-    mon = MemorizationMonitor(images[0][:n_probe], images[1][:n_reference], every=1, seed=seed)
-    for folder, step in progress(pairs, desc="monitor", disable=quiet):
-        mon.step(first if folder == folders[0] else load_adapter(folder, allow_pickle, device, dtype), step)
-    truth = copy_fractions(pairs, n, seed, device, quiet) if ground_truth else None
-    summary = {**run_summary(mon, truth), "checkpoint_folders": [str(f) for f in folders]}
+    summary = monitor_checkpoints(checkpoints, OfflineMonitor(probe, reference, n_probe, n_reference, ground_truth,
+                                                              n, seed), device, dtype, allow_pickle, quiet)
     with output_dir(out) as tmp:
         write_result(tmp / "monitor.json", {"runs": {"run": summary}}, MonitorFile)
         plot_runs({"run": summary}, tmp / "monitor.png")

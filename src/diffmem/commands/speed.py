@@ -22,32 +22,12 @@ def bench_scan(n_images: Annotated[int, Opt("images per engine on the compute-bo
                                               min=1000)] = 100_000,
                out: Annotated[str | None, Opt("also write scan_bench.json here", metavar="DIR")] = None,
                seed: Seed = 0, quiet: Quiet = False) -> dict:
-    """Throughput of the local engine (1 and 2 threads) and of Ray (1 and 2 one-thread workers) on a
-    compute-bound 64×64 UNet built in code and on the shipped 16×16 model (the overhead case), with
-    start-up apart and every table checked equal; peak RSS of scanning 1,000 vs ``rss_images``
-    images of a .npy memmap. One run; ``scan_bench.json``."""
-    from diffmem.data.records import HYBRID
-    from diffmem.models.tiny import save_tiny_unet2d
-    from diffmem.scan.bench import engine_throughput, peak_rss_mb
+    """Scan throughput of the local engine and of Ray, and peak memory against the number of inputs
+    (:func:`diffmem.scan.bench.scan_speed`), printed as ratios of one run; ``scan_bench.json``."""
+    from diffmem.scan.bench import scan_speed
     check_out(out)
-    res = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        heavy = save_tiny_unet2d(f"{tmp}/unet64", num_classes=None, seed=seed, sample_size=64, widths=(64, 128))
-        cases = {"compute_bound": (heavy, 64, n_images), "overhead": (HYBRID, 16, 8 * n_images)}
-        for case, (model, size, n) in cases.items():
-            res[case] = {"model": "tiny UNet2D 64x64 (64, 128) built in code" if case == "compute_bound"
-                         else "shipped 16x16 hybrid", **engine_throughput(
-                             model, size, n // 8, n, batch_size, part_size, seed, quiet)}
-            one = res[case]["local_1_thread"]["images_per_second"]
-            res[case]["seconds_per_image_1_thread"] = 1 / one
-    large = f"{rss_images // 1000}k"
-    for key, n in (("1k", 1000), (large, rss_images)):
-        res[f"rss_{key}_mb"] = peak_rss_mb(HYBRID, n, seed=seed)
-    cb = res["compute_bound"]
-    ray1, ray2 = cb["ray_1_worker"]["images_per_second"], cb["ray_2_workers"]["images_per_second"]
-    res["goals"] = {"ray_1_worker_over_local_1_thread": ray1 / cb["local_1_thread"]["images_per_second"],
-                    "ray_2_workers_over_ray_1_worker": ray2 / ray1,
-                    "rss_large_over_1k": res[f"rss_{large}_mb"] / res["rss_1k_mb"]}
+    res = scan_speed(n_images, batch_size, part_size, rss_images, seed, quiet)
+    cb, large = res["compute_bound"], f"{rss_images // 1000}k"
     g = res["goals"]
     print(f"compute-bound ({cb['seconds_per_image_1_thread'] * 1e3:.1f} ms/image/thread): Ray 1 worker / local "
           f"1 thread = {g['ray_1_worker_over_local_1_thread']:.2f} (goal >= 0.8); Ray 2 / 1 workers = "

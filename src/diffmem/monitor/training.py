@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -146,3 +147,48 @@ def run_summary(monitor: MemorizationMonitor, truth: Sequence[dict] | None = Non
     out.update(onset_step=onset, lead_steps=lead(out["alarm_step"]),
                baselines_lead_steps={k: lead(v) for k, v in out["baselines"].items()})
     return out
+
+
+@dataclass(frozen=True)
+class OfflineMonitor:
+    """What ``diffmem monitor`` measures over saved checkpoints: ``probe``/``reference`` image sources
+    (None: drawn from the checkpoints' training record), at most ``n_probe`` / ``n_reference`` of them,
+    and with ``ground_truth`` the copy fraction of ``n`` samples per checkpoint; ``seed``."""
+
+    probe: str | None = None
+    reference: str | None = None
+    n_probe: int = N_PROBE
+    n_reference: int = N_REFERENCE
+    ground_truth: bool = False
+    n: int = 500
+    seed: int = 0
+
+
+def monitor_checkpoints(checkpoints: Sequence[str | Path], cfg: OfflineMonitor = OfflineMonitor(),
+                        device: str = "auto", dtype: str = "float32", allow_pickle: bool = False,
+                        quiet: bool = False) -> dict:
+    """The monitor run over saved checkpoints (folders, or folders of them), in step order: the
+    :func:`run_summary` row of ``monitor.json`` plus ``checkpoint_folders``. The checkpoints must share
+    one family, architecture and image size (:func:`checkpoint_folders`)."""
+    from diffmem.data.sources import load_images
+    from diffmem.models.load import load_adapter
+    from diffmem.outputs import progress
+    check(len(checkpoints) > 0, "checkpoints: give at least one checkpoint folder")
+    pairs = checkpoint_folders(checkpoints)
+    folders, steps = [f for f, _ in pairs], [s for _, s in pairs]
+    check(len(set(steps)) == len(steps), f"checkpoints: two share a training step ({steps})")
+    first = load_adapter(folders[0], allow_pickle, device, dtype)
+    if cfg.probe is None or cfg.reference is None or cfg.ground_truth:
+        check(first.record is not None, f"{folders[0]}: no diffmem.json training record; give probe and "
+                                        f"reference images (and no ground_truth=True)")
+    drawn = (probe_and_reference(first.record, cfg.n_probe, cfg.n_reference, cfg.seed) if first.record is not None
+             else (None, None))
+    images = [drawn[i] if src is None else torch.from_numpy(load_images(src, size=first.image_size,
+                                                                         channels=first.image_channels))
+              for i, src in enumerate((cfg.probe, cfg.reference))]
+    mon = MemorizationMonitor(images[0][:cfg.n_probe], images[1][:cfg.n_reference], every=1, seed=cfg.seed)
+    for folder, step in progress(pairs, desc="monitor", disable=quiet):
+        mon.step(first if folder == folders[0] else load_adapter(folder, allow_pickle, device, dtype), step)
+    truth = ground_truth(pairs, cfg.n, cfg.seed, device, quiet) if cfg.ground_truth else None
+    return {**run_summary(mon, truth), "checkpoint_folders": [str(f) for f in folders]}
+

@@ -92,3 +92,30 @@ def peak_rss_mb(model: str | Path, n: int, size: int = 16, batch_size: int = 256
         if r.returncode != 0:
             raise RuntimeError(f"scan of {n} images failed: {r.stderr[-500:]}")
         return float(r.stdout.strip().splitlines()[-1])
+
+def scan_speed(n_images: int = 1024, batch_size: int = 32, part_size: int = 256, rss_images: int = 100_000,
+               seed: int = 0, quiet: bool = False) -> dict:
+    """Throughput of the local engine (1 and 2 threads) and of Ray (1 and 2 one-thread workers) on a
+    compute-bound 64×64 UNet built in code (``n_images``) and on the shipped 16×16 model (the overhead
+    case, 8× as many), start-up apart and every table checked equal; peak RSS of scanning 1,000 vs
+    ``rss_images`` images of a .npy memmap; ``goals``: the three ratios (``scan_bench.json``)."""
+    from diffmem.data.records import HYBRID
+    from diffmem.models.tiny import save_tiny_unet2d
+    res = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        heavy = save_tiny_unet2d(f"{tmp}/unet64", num_classes=None, seed=seed, sample_size=64, widths=(64, 128))
+        cases = {"compute_bound": (heavy, 64, n_images), "overhead": (HYBRID, 16, 8 * n_images)}
+        for case, (model, size, n) in cases.items():
+            res[case] = {"model": "tiny UNet2D 64x64 (64, 128) built in code" if case == "compute_bound"
+                         else "shipped 16x16 hybrid", **engine_throughput(
+                             model, size, n // 8, n, batch_size, part_size, seed, quiet)}
+            res[case]["seconds_per_image_1_thread"] = 1 / res[case]["local_1_thread"]["images_per_second"]
+    large = f"{rss_images // 1000}k"
+    for key, n in (("1k", 1000), (large, rss_images)):
+        res[f"rss_{key}_mb"] = peak_rss_mb(HYBRID, n, seed=seed)
+    cb = res["compute_bound"]
+    ray1, ray2 = cb["ray_1_worker"]["images_per_second"], cb["ray_2_workers"]["images_per_second"]
+    res["goals"] = {"ray_1_worker_over_local_1_thread": ray1 / cb["local_1_thread"]["images_per_second"],
+                    "ray_2_workers_over_ray_1_worker": ray2 / ray1,
+                    "rss_large_over_1k": res[f"rss_{large}_mb"] / res["rss_1k_mb"]}
+    return res
