@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from diffmem.bench.prompts import per_prompt, prompt_groups, prompt_level, record_prompts
+from diffmem.bench.prompts import per_prompt, prompt_groups, prompt_level
+from diffmem.data.records import record_prompts
 from diffmem.errors import DiffmemError
 from diffmem.models.record import ModelRecord
 

@@ -27,6 +27,7 @@ import torch
 from scipy.stats import spearmanr
 
 from diffmem.bench.harness import unit_forward
+from diffmem.data.records import PROMPT_KINDS, PromptSet, record_prompts
 from diffmem.neighbours import label_samples
 from diffmem.bench.protocol import (batches, evaluate_report, grouped_split, score_settings, split_overlap,
                                     timed_against, tune)
@@ -39,58 +40,7 @@ from diffmem.outputs import progress
 from diffmem.probe.adapters import Adapter
 from diffmem.probe.sampling import sample_images
 
-PROMPT_KINDS = ("dup", "single", "generic", "reference")
 STRONG = 0.5          # prompt-level positives: strength >= 0.5; negatives: strength 0
-
-
-@dataclass(frozen=True)
-class PromptSet:
-    """Prompts with, per prompt: ``kind`` (one of :data:`PROMPT_KINDS`), ``item`` (position in the
-    record's data of the prompt's own image; −1 for generic captions) and ``copies`` (times that image
-    was trained on; 0 for held-out and generic)."""
-
-    prompts: tuple[str, ...]
-    kind: tuple[str, ...]
-    item: tuple[int, ...]
-    copies: tuple[int, ...]
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-
-def record_prompts(record, per_kind: int = 40, prompts: list[str] | None = None) -> PromptSet:
-    """The benchmark's prompts from a training record with captions (kinds derived from captions and
-    copies alone, so any record with captions works): all duplicated items' captions, and up to
-    ``per_kind`` of each other kind, in record order. ``prompts``: a user's list instead, each
-    classified by the record (a caption it does not know counts as ``reference``)."""
-    check(record is not None and record.captions is not None,
-          "prompt-level bench: the model's training record has no captions")
-    caps = record.captions
-    n_data = len(caps)
-    trained = dict(zip(record.indices, record.copies))
-    train_caps = [caps[i] for i in record.indices]
-    uses = pd.Series(train_caps).value_counts().to_dict()
-    entries: dict[str, list] = {k: [] for k in PROMPT_KINDS}
-    for i in range(n_data):
-        c = caps[i]
-        if i in trained:
-            kind = "generic" if uses[c] > 1 else ("dup" if trained[i] > 1 else "single")
-        else:
-            kind = "reference" if c not in uses else None
-        if kind is not None:
-            entries[kind].append((c, -1 if kind == "generic" else i, 0 if kind == "generic" else trained.get(i, 0)))
-    seen: set[str] = set()
-    generic = [e for e in entries["generic"] if not (e[0] in seen or seen.add(e[0]))]
-    if prompts is not None:
-        known = {e[0]: (k, e) for k in PROMPT_KINDS for e in (generic if k == "generic" else entries[k])}
-        rows = [(known[p][0], known[p][1]) if p in known else ("reference", (p, -1, 0)) for p in prompts]
-    else:
-        dup = sorted(entries["dup"], key=lambda e: -e[2])
-        rows = ([("dup", e) for e in dup] + [("single", e) for e in entries["single"][:per_kind]] +
-                [("generic", e) for e in generic[:per_kind]] + [("reference", e) for e in entries["reference"][:per_kind]])
-    check(len(rows) > 0, "prompt-level bench: no prompts")
-    return PromptSet(tuple(e[0] for _, e in rows), tuple(k for k, _ in rows), tuple(int(e[1]) for _, e in rows),
-                     tuple(int(e[2]) for _, e in rows))
 
 
 def prompt_groups(n_prompts: int, gen_prompt: np.ndarray, copied: np.ndarray, nearest_item: np.ndarray,

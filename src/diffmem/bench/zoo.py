@@ -98,7 +98,7 @@ def calibrations(scores: dict[str, np.ndarray], fpr: float) -> dict[str, float]:
 def _samples(adapter: Adapter, cfg: ZooBench, seed: int, quiet: bool) -> tuple[torch.Tensor, list | None, float]:
     """The samples a user would audit: (images, conditions, guidance)."""
     if adapter.condition_kind == "prompt":
-        from diffmem.bench.prompts import record_prompts
+        from diffmem.data.records import record_prompts
         ps = record_prompts(adapter.record)
         conds = [p for p in ps.prompts for _ in range(cfg.generations)]
         guidance = cfg.prompt_guidance

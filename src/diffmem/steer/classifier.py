@@ -87,7 +87,8 @@ def load_classifier(path: str | os.PathLike = CLASSIFIER) -> tuple[SmallCNN, dic
 
 @torch.no_grad()
 def class_probability(model: SmallCNN, x: torch.Tensor, target: int, size: int) -> np.ndarray:
-    """P(target | x) for images x (N, 1, H, W) in [-1, 1], resized to the classifier's size."""
-    check(x.shape[1] == 1, "classifier: expects 1-channel images")
-    x = resize_area(x, size)
+    """P(target | x) for images x (N, C, H, W) in [-1, 1], resized to the classifier's size; an RGB image of
+    a tinted garment is read by its brightest channel (the garment's grey shape)."""
+    check(x.shape[1] in (1, 3), f"classifier: expects 1- or 3-channel images, not {x.shape[1]}")
+    x = resize_area(x.amax(1, keepdim=True) if x.shape[1] == 3 else x, size)
     return torch.softmax(model(x.float()), dim=1)[:, target].double().numpy()

@@ -47,3 +47,23 @@ def steering_metrics(images: list[torch.Tensor], alphas: list[float], scores: np
         out["attribute_curve"] = scores.mean(0).tolist()
     out["output_change_per_unit_by_alpha"] = change.mean(0).tolist()
     return out
+
+
+def curve_at(alphas, curve, alpha: float) -> float:
+    """A mean curve (A,) over strengths ``alphas`` read at ``alpha`` by linear interpolation."""
+    return float(np.interp(alpha, alphas, curve))
+
+
+def alpha_at_fraction(alphas, curve, fraction: float = 0.5) -> float | None:
+    """The smallest strength where a mean curve (A,) first gains ``fraction`` of its total gain (linear
+    between strengths); None when it gains nothing."""
+    c = np.asarray(curve, np.float64) - curve[0]
+    goal = fraction * c[-1]
+    if c[-1] <= 0:
+        return None
+    k = int(np.argmax(c >= goal))
+    if k == 0:
+        return float(alphas[0])
+    a0, a1, c0, c1 = alphas[k - 1], alphas[k], c[k - 1], c[k]
+    return float(a0 + (goal - c0) / (c1 - c0) * (a1 - a0))
+
