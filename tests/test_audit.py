@@ -39,6 +39,11 @@ def test_share_ci_and_flag_quality():
     assert q == {"precision": 25 / 30, "recall": 25 / 30, "n_copies": 30, "true_positives": 25,
                  "fpr_generated_non_copies": 5 / 70}       # flags 25-29 are non-copies among 70
     assert flag_quality(np.zeros(3, bool), np.zeros(3, bool))["precision"] is None
+    # the 70 non-copies: 10 near copies (d1/d2 0.4), 20 at 0.6, 40 clear (0.9); flags 25–29 are near copies
+    ratio = np.r_[np.full(25, 0.1), np.full(10, 0.4), np.full(20, 0.6), np.full(40, 0.9), np.full(5, 0.2)]
+    bands = flag_quality(flags, copies, ratio)["fpr_by_ratio"]
+    assert bands == {"0.333-0.5": {"n": 10, "fpr": 0.5}, "0.5-0.7": {"n": 20, "fpr": 0.0},
+                     "0.7-inf": {"n": 40, "fpr": 0.0}}
 
 
 @pytest.fixture(scope="module")

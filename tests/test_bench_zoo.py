@@ -28,12 +28,17 @@ def test_empirical_null_shift_finds_the_bulk_under_a_memorized_tail():
 
 
 def test_worst_case_is_the_minimum_over_models():
-    def model(au, f):
-        s = {"auroc": {"mean": au}, "reference": {"fpr": {"mean": f}, "tpr": {"mean": au}}}
+    def model(au, f, fc, o):
+        s = {"auroc": {"mean": au}, "oracle_tpr": {"mean": o},
+             "reference": {"fpr": {"mean": f}, "fpr_clear": {"mean": fc}, "tpr": {"mean": au}}}
         return {"scores": {k: s for k in ("residual", "spikiness", "nemo", "output_norm", "mean_z", "max_z")}}
-    w = worst_case({"a": model(0.99, 0.011), "b": model(0.9, 0.03), "c": model(0.95, 0.002)}, 0.01)
+    w = worst_case({"a": model(0.99, 0.011, 0.0, 0.9), "b": model(0.9, 0.03, 0.012, 0.2),
+                    "c": model(0.95, 0.002, 0.009, 0.5)}, 0.01)
     assert w["residual"]["auroc"] == 0.9 and w["residual"]["auroc_model"] == "b"
-    assert w["residual"]["calibrations"]["reference"]["fpr_model"] == "b"      # |0.03 − 0.01| is the largest
+    assert w["residual"]["oracle_tpr"] == 0.2 and w["residual"]["oracle_tpr_model"] == "b"
+    c = w["residual"]["calibrations"]["reference"]
+    assert c["fpr_model"] == "b" and c["fpr"] == 0.03                 # |0.03 − 0.01| is the largest
+    assert c["fpr_clear_model"] == "a" and c["fpr_clear"] == 0.0       # |0 − 0.01| beats |0.012 − 0.01|
 
 
 def test_zoo_models_are_small_diffusers_folders_with_records():

@@ -67,17 +67,30 @@ def share_ci(flags, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> t
     return float(f.mean()), float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
 
 
-def flag_quality(flags, copies) -> dict:
+RATIO_BANDS = ((1 / 3, 0.5), (0.5, 0.7), (0.7, float("inf")))    # d1/d2 of non-copies: near copies … clear
+
+
+def flag_quality(flags, copies, ratio=None) -> dict:
     """Precision and recall of ``flags`` (N,) against exact copy labels ``copies`` (N,) (None when
     undefined: nothing flagged / no copy), ``n_copies``, and the false-positive rate on the samples
     that copy nothing (``fpr_generated_non_copies``: the rate the user meets, next to the one measured
-    on real reference images)."""
+    on real reference images). With each sample's d1/d2 ``ratio`` (N,), also that rate per band of
+    :data:`RATIO_BANDS` (``fpr_by_ratio``: ``{"lo-hi": {"n", "fpr"}}``): near copies (d1/d2 just above
+    1/3) are where a detector of memorization flags most."""
     f, c = np.asarray(flags, bool), np.asarray(copies, bool)
     tp = int((f & c).sum())
-    return {"precision": tp / int(f.sum()) if f.any() else None,
-            "recall": tp / int(c.sum()) if c.any() else None,
-            "n_copies": int(c.sum()), "true_positives": tp,
-            "fpr_generated_non_copies": float(f[~c].mean()) if (~c).any() else None}
+    out = {"precision": tp / int(f.sum()) if f.any() else None,
+           "recall": tp / int(c.sum()) if c.any() else None,
+           "n_copies": int(c.sum()), "true_positives": tp,
+           "fpr_generated_non_copies": float(f[~c].mean()) if (~c).any() else None}
+    if ratio is not None:
+        r = np.asarray(ratio, np.float64)
+        bands = {}
+        for lo, hi in RATIO_BANDS:
+            m = ~c & (r >= lo) & (r < hi)
+            bands[f"{lo:.3g}-{hi:.3g}"] = {"n": int(m.sum()), "fpr": float(f[m].mean()) if m.any() else None}
+        out["fpr_by_ratio"] = bands
+    return out
 
 
 DETECTOR_FOLDER = "detector"     # a model folder's own detector (saved by `diffmem bench`), used by default
@@ -262,7 +275,7 @@ def run_audit(adapter, inputs: AuditInputs = AuditInputs(), cfg: AuditConfig = A
         lab = label_samples(x, adapter.round_trip(train_x), np.ones(len(train_x)))
         frame["nearest"], frame["d1"], frame["d2"] = lab["nearest"], lab["d1"], lab["d2"]
         frame["ratio"], frame["copy"] = lab["ratio"], lab["memorized"]
-        result.update(flag_quality(flags, lab["memorized"]))
+        result.update(flag_quality(flags, lab["memorized"], lab["ratio"]))
     from diffmem.data import FASHION_MNIST_CLASSES
     names = FASHION_MNIST_CLASSES if (adapter.record is not None and adapter.record.data == "fashion-mnist"
                                       and adapter.condition_kind == "class" and sampled) else None
@@ -286,7 +299,10 @@ def verdict(r: dict) -> str:
         text += (f" Against the training set, {r['n_copies']:,} samples are copies; {p} of the flags are copies "
                  f"and {rc} of the copies are flagged.")
         if r.get("fpr_generated_non_copies") is not None:
-            text += f" Of the samples that copy nothing, {100 * r['fpr_generated_non_copies']:.1f}% are flagged."
+            text += f" Of the samples that copy nothing, {100 * r['fpr_generated_non_copies']:.1f}% are flagged"
+            bands = [f"{100 * b['fpr']:.1f}% at d1/d2 {k.replace('-inf', '+').replace('-', '–')}"
+                     for k, b in (r.get("fpr_by_ratio") or {}).items() if b["fpr"] is not None]
+            text += f" ({'; '.join(bands)})." if bands else "."
     return text
 
 

@@ -130,6 +130,8 @@ def _verdict(audit: dict) -> dict:
                                        f"realized")]
     if audit.get("fpr_generated_non_copies") is not None:
         numbers.append(("FPR on generated non-copies", _pct(audit["fpr_generated_non_copies"])))
+        for band, b in (audit.get("fpr_by_ratio") or {}).items():
+            numbers.append((f"… at d1/d2 {band.replace('-inf', '+').replace('-', '–')} (n = {b['n']:,})", _pct(b["fpr"])))
     if audit.get("precision") is not None or audit.get("recall") is not None:
         numbers += [("precision", _pct(audit.get("precision"))), ("recall", _pct(audit.get("recall")))]
     numbers.append(("calibrated on", audit.get("calibration", "—")))
