@@ -18,10 +18,10 @@ def tiny_bench_model(tmp_path_factory):
     """A 0.16M-parameter class-conditional UNet on 8×8 Fashion-MNIST: 40 images + 4 images × 40 copies,
     trained long enough (800 steps) that samples copy three of the duplicated images (so a grouped
     split has memorized groups on both sides)."""
-    from diffmem.train.pixel import train_unet
+    from diffmem.train.pixel import PixelRun, train_unet
     path = tmp_path_factory.mktemp("bench") / "model"
-    train_unet(path, size=8, distinct=40, dup="4x40", steps=800, lr=3e-3, batch_size=32, config="test-xs",
-               seed=0, quiet=True)
+    train_unet(path, PixelRun(size=8, distinct=40, dup="4x40", steps=800, lr=3e-3, batch_size=32, config="test-xs",
+                              seed=0), quiet=True)
     return path
 
 

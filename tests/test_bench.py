@@ -10,7 +10,7 @@ from diffmem.neighbours import label_samples
 from diffmem.errors import DiffmemError
 from diffmem.models import load_adapter
 from diffmem.models.tiny import SAVERS
-from diffmem.probe.sampling import guided_eps, sample
+from diffmem.probe.sampling import Sampler, guided_eps, sample
 
 from tests.conftest import needs_fmnist
 
@@ -71,15 +71,15 @@ def test_guidance_combines_the_right_halves(order):
 
 def test_sampling_is_deterministic_and_batch_independent(tmp_path):
     a = load_adapter(SAVERS["unet2d"](tmp_path / "u", num_classes=10))
-    s1 = sample(a, 5, [0, 1, 2, 3, 4], guidance=2.0, steps=5, seed=3, batch_size=5, quiet=True)
+    s1 = sample(a, 5, [0, 1, 2, 3, 4], how=Sampler(guidance=2.0, steps=5, batch_size=5), seed=3, quiet=True)
     assert s1.shape == (5, *a.latent_shape)
-    s2 = sample(a, 5, [0, 1, 2, 3, 4], guidance=2.0, steps=5, seed=3, batch_size=2, quiet=True)
-    s3 = sample(a, 5, [0, 1, 2, 3, 4], guidance=2.0, steps=5, seed=4, batch_size=5, quiet=True)
+    s2 = sample(a, 5, [0, 1, 2, 3, 4], how=Sampler(guidance=2.0, steps=5, batch_size=2), seed=3, quiet=True)
+    s3 = sample(a, 5, [0, 1, 2, 3, 4], how=Sampler(guidance=2.0, steps=5, batch_size=5), seed=4, quiet=True)
     assert s1.shape == (5, 1, 16, 16) and torch.allclose(s1, s2, atol=1e-3) and not torch.allclose(s1, s3, atol=1e-3)
-    d = sample(a, 2, [0, 1], steps=5, sampler="ddpm", seed=3, quiet=True)
-    assert torch.equal(d, sample(a, 2, [0, 1], steps=5, sampler="ddpm", seed=3, quiet=True))
+    d = sample(a, 2, [0, 1], how=Sampler(steps=5, kind="ddpm"), seed=3, quiet=True)
+    assert torch.equal(d, sample(a, 2, [0, 1], how=Sampler(steps=5, kind="ddpm"), seed=3, quiet=True))
     with pytest.raises(DiffmemError, match="steps="):
-        sample(a, 2, [0, 1], steps=5000)
+        sample(a, 2, [0, 1], how=Sampler(steps=5000))
 
 
 @needs_fmnist

@@ -14,7 +14,7 @@ from diffmem.cli import main
 from diffmem.models import load_adapter
 from diffmem.models.load import save_theory_model
 from diffmem.models.tiny import SAVERS
-from diffmem.probe.sampling import sample_images
+from diffmem.probe.sampling import Sampler, sample_images
 from diffmem.theory.diffusion import ReLUDiffusion
 from tests.test_probe import write_pngs
 
@@ -41,7 +41,7 @@ def family_model(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     path = MAKERS[request.param](root / "model")
     adapter = load_adapter(path)
-    own = sample_images(adapter, 24, adapter.conditions(24), 1.0, STEPS, "ddim", 0, 128, True)[:6]
+    own = sample_images(adapter, 24, adapter.conditions(24), Sampler(1.0, STEPS), 0, True)[:6]
     g = torch.Generator().manual_seed(1)
     other = torch.rand(50, *own.shape[1:], generator=g) * 2 - 1
     data = torch.cat([own, other]).numpy().astype(np.float32)

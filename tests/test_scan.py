@@ -208,7 +208,7 @@ def test_scan_and_python_api_give_the_same_score_for_the_same_image(model_dir, t
 
 def test_engine_throughput_reports_marginal_speed_and_equal_rows(model_dir, monkeypatch):
     from diffmem.scan import bench
-    monkeypatch.setattr(bench, "ENGINES", {k: v for k, v in bench.ENGINES.items() if v["engine"] == "local"})
+    monkeypatch.setattr(bench, "ENGINES", {k: v for k, v in bench.ENGINES.items() if v.kind == "local"})
     res = bench.engine_throughput(model_dir, 16, 32, 128, batch_size=8, part_size=64, quiet=True)
     assert res["part_size"] == 8                                 # small runs still give every worker blocks
     for name in ("local_1_thread", "local_2_threads"):

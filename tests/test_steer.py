@@ -7,7 +7,7 @@ import torch
 from diffmem.errors import DiffmemError
 from diffmem.models import load_adapter
 from diffmem.models.tiny import SAVERS
-from diffmem.probe.sampling import sample
+from diffmem.probe.sampling import Sampler, sample
 from diffmem.steer import ConceptVector, parse_window, steering
 from diffmem.commands.steer import parse_alphas
 from diffmem.steer.experiment import SteerConfig
@@ -99,11 +99,11 @@ def test_cfg_half_selection(unet, order):
 
 def test_alpha_zero_reproduces_unsteered_sampling_bit_for_bit(unet):
     cv = ConceptVector(unet, layers=["up_blocks.0.resnets.0"]).fit(torch.rand(3, 1, 16, 16) * 2 - 1)
-    plain = sample(unet, 3, [1, 2, 3], guidance=2.0, steps=6, seed=1, quiet=True)
+    plain = sample(unet, 3, [1, 2, 3], how=Sampler(guidance=2.0, steps=6), seed=1, quiet=True)
     with steering(unet, cv.vectors_, 0.0, (0, 6), cfg_batch=True):
-        zero = sample(unet, 3, [1, 2, 3], guidance=2.0, steps=6, seed=1, quiet=True)
+        zero = sample(unet, 3, [1, 2, 3], how=Sampler(guidance=2.0, steps=6), seed=1, quiet=True)
     with steering(unet, cv.vectors_, 5.0, (2, 5), cfg_batch=True):
-        moved = sample(unet, 3, [1, 2, 3], guidance=2.0, steps=6, seed=1, quiet=True)
+        moved = sample(unet, 3, [1, 2, 3], how=Sampler(guidance=2.0, steps=6), seed=1, quiet=True)
     assert torch.equal(plain, zero) and not torch.equal(plain, moved)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from diffmem.errors import DiffmemError
-from diffmem.train.pixel import UNET_CONFIGS, make_unet, train_unet
+from diffmem.train.pixel import UNET_CONFIGS, PixelRun, make_unet, train_unet
 
 
 def test_attention_config_puts_one_attention_pair_at_the_lowest_resolution():
@@ -23,11 +23,10 @@ def test_cosine_schedule_is_recorded_and_loads_in_plain_diffusers(tmp_path):
     rng = np.random.default_rng(0)
     np.save(tmp_path / "x.npy", rng.integers(0, 256, (12, 8, 8), dtype=np.uint8))
     out = tmp_path / "m"
-    train_unet(out, data=str(tmp_path / "x.npy"), size=8, distinct=8, dup="2x2", steps=2, batch_size=4,
-               config="test-xs", schedule="cosine", seed=0, quiet=True)
+    train_unet(out, PixelRun(data=str(tmp_path / "x.npy"), size=8, distinct=8, dup="2x2", steps=2, batch_size=4,
+                             config="test-xs", schedule="cosine", seed=0), quiet=True)
     pipe = DDPMPipeline.from_pretrained(out, local_files_only=True)
     assert pipe.scheduler.config.beta_schedule == "squaredcos_cap_v2"
     assert json.loads((out / "diffmem.json").read_text())["schedule"] == "cosine"
     with pytest.raises(DiffmemError, match="schedule="):
-        train_unet(tmp_path / "n", data=str(tmp_path / "x.npy"), size=8, distinct=8, dup="", steps=1,
-                   schedule="sigmoid", quiet=True)
+        PixelRun(data=str(tmp_path / "x.npy"), size=8, distinct=8, dup="", steps=1, schedule="sigmoid")

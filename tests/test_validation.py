@@ -324,7 +324,7 @@ def test_guidance_that_blows_up_writes_nothing(tmp_path, capsys):
 def test_guidance_blow_up_names_the_step(tmp_path):
     from diffmem.errors import DiffmemError
     from diffmem.models import load_adapter
-    from diffmem.probe.sampling import sample
+    from diffmem.probe.sampling import Sampler, sample
     a = load_adapter(SAVERS["unet2d"](tmp_path / "model", seed=0))
     with pytest.raises(DiffmemError, match=r"guidance 1e\+30 made the samples non-finite at step [12] of 3"):
-        sample(a, 2, [0, 1], guidance=1e30, steps=3, quiet=True)
+        sample(a, 2, [0, 1], how=Sampler(guidance=1e30, steps=3), quiet=True)

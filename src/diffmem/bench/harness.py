@@ -22,7 +22,7 @@ from diffmem.errors import check
 from diffmem.outputs import progress
 from diffmem.probe.adapters import Adapter
 from diffmem.probe.represent import generators
-from diffmem.probe.sampling import sample_images
+from diffmem.probe.sampling import Sampler, sample_images
 
 DETECTOR = "fusion"      # the name of our shipped detector's method row
 
@@ -50,7 +50,7 @@ def bench_seed(adapter: Adapter, train: torch.Tensor, copies: np.ndarray, refere
     ``ref_conditions`` (class labels of ``reference``, or None) feed methods that need a condition."""
     conds = adapter.conditions(n, prompts=prompts)
     t0 = time.perf_counter()
-    x = sample_images(adapter, n, conds, guidance, steps, "ddim", seed, batch_size, quiet)
+    x = sample_images(adapter, n, conds, Sampler(guidance, steps, batch_size=batch_size), seed, quiet)
     sample_seconds = time.perf_counter() - t0
     lab = label_samples(x, train, copies)
     y = lab["memorized"].astype(int)

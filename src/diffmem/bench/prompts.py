@@ -38,7 +38,7 @@ from diffmem.detect.metrics import auroc, fpr_threshold, rates_at, tpr_at_fpr
 from diffmem.errors import check
 from diffmem.outputs import progress
 from diffmem.probe.adapters import Adapter
-from diffmem.probe.sampling import sample_images
+from diffmem.probe.sampling import Sampler, sample_images
 
 STRONG = 0.5          # prompt-level positives: strength >= 0.5; negatives: strength 0
 
@@ -133,7 +133,8 @@ def _generations(adapter: Adapter, ps: PromptSet, cfg: PromptBench, seed: int, q
     gen_prompt = np.repeat(np.arange(len(ps)), cfg.k)                             # (G,)
     conds = [ps.prompts[p] for p in gen_prompt]
     t0 = time.perf_counter()
-    x = sample_images(adapter, len(conds), conds, cfg.guidance, cfg.steps, "ddim", seed, cfg.batch_size, quiet)
+    x = sample_images(adapter, len(conds), conds, Sampler(cfg.guidance, cfg.steps, batch_size=cfg.batch_size), seed,
+                      quiet)
     return x, gen_prompt, np.asarray(conds, dtype=object), time.perf_counter() - t0
 
 

@@ -42,7 +42,7 @@ from diffmem.detect.metrics import auroc, fpr_threshold, rates_at
 from diffmem.errors import check
 from diffmem.outputs import progress
 from diffmem.probe.adapters import Adapter
-from diffmem.probe.sampling import regenerate, sample_images
+from diffmem.probe.sampling import Sampler, regenerate, sample_images
 
 ZOO = {   # name → folder; every one made by `diffmem train` (assets/README.md has each command)
     "hybrid": ASSETS / "bench" / "hybrid",
@@ -108,8 +108,8 @@ def _samples(adapter: Adapter, cfg: ZooBench, seed: int, quiet: bool) -> tuple[t
         guidance = cfg.prompt_guidance
     else:
         conds, guidance = adapter.conditions(cfg.n), 1.0
-    x = sample_images(adapter, len(conds) if conds else cfg.n, conds, guidance, cfg.steps, "ddim", seed,
-                      cfg.batch_size, quiet)
+    x = sample_images(adapter, len(conds) if conds else cfg.n, conds, Sampler(guidance, cfg.steps,
+                                                                            batch_size=cfg.batch_size), seed, quiet)
     return x, conds, guidance
 
 

@@ -7,10 +7,10 @@ from typing import Annotated
 from diffmem.commands.options import (AllowOutside, AllowPickle, Device, DType, InputRange, Model, Opt, Out, Quiet,
                                       Seed)
 from diffmem.commands.options import input_range as parse_range
-from diffmem.models import load_adapter
+from diffmem.models import LoadOptions, load_adapter
 from diffmem.outputs import check_out
 from diffmem.probe.pooling import POOLS
-from diffmem.scan import RayConfig, ScanConfig, run
+from diffmem.scan import Engine, RayConfig, ScanConfig, run
 
 
 def layers(model: Model, json_output: Annotated[bool, Opt("print JSON instead of a table", flag="--json")] = False,
@@ -59,5 +59,5 @@ def scan(model: Model, images: Annotated[str, Opt("image folder, .npy/.npz array
     check_out(out)
     cfg = ScanConfig(layer, t, pool, batch_size, repeats, seed, on_error, part_size, detector,
                      parse_range(input_range), allow_outside, allow_other_model)
-    ray = RayConfig(workers, threads or 1, ray_address, gpus_per_worker)
-    return run(model, images, out, cfg, engine, ray, resume, threads, device, dtype, allow_pickle, quiet)
+    where = Engine(engine, threads, RayConfig(workers, threads or 1, ray_address, gpus_per_worker))
+    return run(model, images, out, cfg, where, LoadOptions(allow_pickle, device, dtype), resume, quiet)

@@ -11,7 +11,7 @@ from diffmem.data.records import copy_targets
 from diffmem.models import load_adapter
 from diffmem.neighbours import label_samples
 from diffmem.outputs import check_out, output_dir, write_pngs
-from diffmem.probe.sampling import sample_images
+from diffmem.probe.sampling import Sampler, sample_images
 
 
 def sample(model: Model, out: Out, n: Annotated[int, Opt("samples to draw", min=1)] = 64,
@@ -29,7 +29,7 @@ def sample(model: Model, out: Out, n: Annotated[int, Opt("samples to draw", min=
     adapter = load_adapter(model, allow_pickle, device, dtype)
     conds = adapter.conditions(n, classes=listed(classes, int, "--classes"), prompts=prompt_list)
     train = copy_targets(adapter) if adapter.record is not None else None
-    x = sample_images(adapter, n, conds, guidance, steps, sampler, seed, batch_size, quiet)
+    x = sample_images(adapter, n, conds, Sampler(guidance, steps, sampler, batch_size), seed, quiet)
     lab = label_samples(x, *train) if train is not None else None
     with output_dir(out) as tmp:
         rows = []

@@ -10,7 +10,7 @@ from diffmem.errors import check
 from diffmem.monitor.training import MONITOR_EVERY, TrainingCallback
 from diffmem.outputs import check_out
 from diffmem.steer.classifier import train_classifier
-from diffmem.train.pixel import SCHEDULES, UNET_CONFIGS, train_unet
+from diffmem.train.pixel import SCHEDULES, UNET_CONFIGS, PixelRun, train_unet
 from diffmem.train.t2i import T2IConfig, train_t2i
 
 PIXEL_DEFAULTS = {"size": 16, "distinct": 2000, "dup": "10x100,20x40", "steps": 6000, "batch_size": 128}
@@ -55,9 +55,9 @@ def train(out: Out,
         return train_t2i(out, _t2i_config(o), seed=seed, quiet=quiet)
     s = {k: PIXEL_DEFAULTS[k] if o[k] is None else o[k] for k in PIXEL_DEFAULTS}
     callback = _monitor(checkpoint_every, s["steps"], seed, quiet) if monitor else None
-    return train_unet(out, data=data, **{**s, "dup": "" if s["dup"] == "none" else s["dup"]}, lr=lr,
-                      label_dropout=label_dropout, config=config, schedule=schedule, seed=seed, checkpoint_every=checkpoint_every,
-                      callback=callback, quiet=quiet)
+    run = PixelRun(data, **{**s, "dup": "" if s["dup"] == "none" else s["dup"]}, lr=lr, label_dropout=label_dropout,
+                   config=config, schedule=schedule, seed=seed)
+    return train_unet(out, run, checkpoint_every=checkpoint_every, callback=callback, quiet=quiet)
 
 
 def _monitor(checkpoint_every: int, steps: int, seed: int, quiet: bool) -> TrainingCallback:

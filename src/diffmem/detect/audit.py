@@ -228,7 +228,7 @@ def run_audit(adapter, inputs: AuditInputs = AuditInputs(), cfg: AuditConfig = A
     import pandas as pd
     from diffmem.data.images import image_key
     from diffmem.neighbours import label_samples
-    from diffmem.probe.sampling import sample_images
+    from diffmem.probe.sampling import Sampler, sample_images
     t0 = time.perf_counter()
     ref, ref_conds, ref_name, cal, calibration = _references(adapter, inputs, cfg)
     train_x, train_name = _training(adapter, inputs)
@@ -238,11 +238,12 @@ def run_audit(adapter, inputs: AuditInputs = AuditInputs(), cfg: AuditConfig = A
     else:
         conds = adapter.conditions(inputs.n, classes=inputs.classes,
                                    prompts=None if inputs.prompts is None else list(inputs.prompts))
-        x = sample_images(adapter, inputs.n, conds, cfg.guidance, cfg.steps, "ddim", cfg.seed, cfg.batch_size, quiet)
+        x = sample_images(adapter, inputs.n, conds, Sampler(cfg.guidance, cfg.steps, batch_size=cfg.batch_size), cfg.seed,
+                          quiet)
         paths = [f"images/{j:05d}.png" for j in range(inputs.n)]
     if ref is None:                       # generations of the reference prompts, from noise the samples do not use
-        ref = sample_images(adapter, cfg.n_reference, ref_conds, cfg.guidance, cfg.steps, "ddim", cfg.seed,
-                            cfg.batch_size, quiet, indices=range(len(x), len(x) + cfg.n_reference))
+        ref = sample_images(adapter, cfg.n_reference, ref_conds, Sampler(cfg.guidance, cfg.steps, batch_size=cfg.batch_size),
+                            cfg.seed, quiet, indices=range(len(x), len(x) + cfg.n_reference))
     if label_free:              # its statistics from one half of the references, the threshold from the other
         check(len(ref) >= 16, f"reference: {len(ref)} images; the label-free detector needs at least 16")
         perm = torch.from_numpy(np.random.default_rng(cfg.seed).permutation(len(ref)))

@@ -14,6 +14,7 @@ Accepted folders (always ``local_files_only=True``, weights from safetensors unl
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 import os
 from pathlib import Path
 
@@ -142,6 +143,19 @@ def resolve_device(device: str = "auto") -> torch.device:
 def resolve_dtype(dtype: str = "float32") -> torch.dtype:
     check(dtype in DTYPES, f"dtype={dtype!r}: one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How model folders are loaded: ``allow_pickle`` (unpickle ``.bin`` weights), ``device``
+    (auto|cpu|cuda|cuda:N|mps), ``dtype`` (float32|float16|bfloat16)."""
+
+    allow_pickle: bool = False
+    device: str = "auto"
+    dtype: str = "float32"
+
+    def load(self, path: str | os.PathLike) -> Adapter:
+        return load_adapter(path, self.allow_pickle, self.device, self.dtype)
 
 
 def load_adapter(path: str | os.PathLike, allow_pickle: bool = False, device: str = "cpu",

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from diffmem.train.pixel import train_unet
+from diffmem.train.pixel import PixelRun, train_unet
 from diffmem.monitor.training import TrainingCallback
 
 
@@ -40,8 +40,9 @@ def overhead(steps: int = 500, every: int = 500, batch_size: int = 64, distinct:
         for i, kind in enumerate(order):
             cb = _Timed(TrainingCallback(every, seed=seed, quiet=True)) if kind == "on" else None
             t0 = time.perf_counter()
-            train_unet(Path(tmp) / str(i), distinct=distinct, dup=dup, steps=steps, batch_size=batch_size,
-                       config=config, size=size, seed=seed, callback=cb, quiet=quiet)
+            train_unet(Path(tmp) / str(i), PixelRun(size=size, distinct=distinct, dup=dup, steps=steps,
+                                                    batch_size=batch_size, config=config, seed=seed), callback=cb,
+                       quiet=quiet)
             out[f"seconds_{kind}"].append(time.perf_counter() - t0)
             weights.append(load_file(Path(tmp) / str(i) / "unet" / "diffusion_pytorch_model.safetensors"))
             if cb is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffmem.train.pixel import train_unet
+from diffmem.train.pixel import PixelRun, train_unet
 from diffmem.monitor.plots import plot_runs
 from diffmem.errors import check
 from diffmem.monitor.training import TrainingCallback, checkpoint_folders, ground_truth, run_summary
@@ -36,8 +36,8 @@ def run_demo(out: str | Path, seed: int = 0, distinct: int = 2000, steps: int = 
         for name, dup in runs.items():
             folder = tmp / "runs" / name
             cb = TrainingCallback(every, seed=seed, quiet=quiet)
-            train_unet(folder, distinct=distinct, dup=dup, steps=steps, batch_size=batch_size, config=config,
-                       size=size, seed=seed, checkpoint_every=every, callback=cb, quiet=quiet)
+            train_unet(folder, PixelRun(size=size, distinct=distinct, dup=dup, steps=steps, batch_size=batch_size,
+                                        config=config, seed=seed), checkpoint_every=every, callback=cb, quiet=quiet)
             truth = ground_truth(checkpoint_folders([folder / "checkpoints"]), n_ground_truth, seed, quiet=quiet)
             result["runs"][name] = run_summary(cb.monitor, truth)
         write_result(tmp / "monitor.json", result, MonitorFile)

@@ -18,7 +18,7 @@ from diffmem.models.record import ModelRecord
 from diffmem.monitor.monitor import MemorizationMonitor
 from diffmem.outputs import jsonable
 from diffmem.probe.adapters import Adapter
-from diffmem.probe.sampling import sample_images
+from diffmem.probe.sampling import Sampler, sample_images
 
 N_PROBE, N_REFERENCE = 256, 512
 MONITOR_EVERY = 500   # default measurement frequency of `diffmem train --monitor`, in steps
@@ -108,7 +108,7 @@ def copy_fraction(adapter: Adapter, n: int, seed: int = 0, guidance: float = 1.0
     """Sample n images (classes in turn, DDIM) and label them against the training record:
     ``{"copy_fraction", "n", "copies"}`` (d1/d2 < 1/3)."""
     train, copies = record_training_images(adapter.record)
-    x = sample_images(adapter, n, adapter.conditions(n), guidance, steps, seed=seed, quiet=True)
+    x = sample_images(adapter, n, adapter.conditions(n), Sampler(guidance, steps), seed, True)
     mem = label_samples(x, train, copies)["memorized"]
     return {"copy_fraction": float(mem.mean()), "n": int(n), "copies": int(mem.sum())}
 

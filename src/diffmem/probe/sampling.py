@@ -11,6 +11,7 @@ Each sample's initial noise (and DDPM noise) comes from its own generator seeded
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -48,28 +49,41 @@ def initial_noise(adapter: Adapter, scale: float, seed: int, origins: Sequence[s
     return _noise(adapter, scale, generators(seed, list(origins)))
 
 
+@dataclass(frozen=True)
+class Sampler:
+    """How to sample: classifier-free ``guidance`` (1 = the conditional branch only), DDIM ``steps``,
+    ``kind`` (``ddim`` | ``ddpm``) and the ``batch_size`` of one denoiser call."""
+
+    guidance: float = 1.0
+    steps: int = 50
+    kind: str = "ddim"
+    batch_size: int = 128
+
+    def __post_init__(self):
+        check(self.kind in ("ddim", "ddpm"), f"sampler={self.kind!r}: 'ddim' or 'ddpm'")
+        check(self.guidance == self.guidance and 0 <= self.guidance < float("inf"),
+              f"guidance={self.guidance}: must be finite and >= 0")
+        check(self.batch_size >= 1, f"batch_size={self.batch_size}: must be >= 1")
+
+
 @torch.no_grad()
-def sample(adapter: Adapter, n: int, conditions: Sequence | None = None, guidance: float = 1.0,
-           steps: int = 50, sampler: str = "ddim", seed: int = 0, batch_size: int = 128,
+def sample(adapter: Adapter, n: int, conditions: Sequence | None = None, how: Sampler = Sampler(), seed: int = 0,
            quiet: bool = False, indices: Sequence[int] | None = None) -> torch.Tensor:
-    """n samples (n, *latent_shape) in model space (``adapter.decode`` gives pixels).
+    """n samples (n, *latent_shape) in model space (``adapter.decode`` gives pixels), drawn as ``how`` says.
 
     ``conditions`` (n,): class labels or prompts from :meth:`Adapter.conditions` (None:
     unconditional / null). ``indices`` (n,) name the samples whose noise to use (default 0…n−1):
     sample j of one call equals sample j of any other call with the same seed, steps and condition.
     """
     check(n >= 1, f"n={n}: must be >= 1")
-    check(batch_size >= 1, f"batch_size={batch_size}: must be >= 1")
     adapter.check_count(n)
-    batch_size = min(batch_size, n)
-    check(sampler in ("ddim", "ddpm"), f"sampler={sampler!r}: 'ddim' or 'ddpm'")
-    check(guidance == guidance and 0 <= guidance < float("inf"), f"guidance={guidance}: must be finite and >= 0")
-    eta = 0.0 if sampler == "ddim" else 1.0
+    batch_size, guidance, steps = min(how.batch_size, n), how.guidance, how.steps
+    eta = 0.0 if how.kind == "ddim" else 1.0
     names = list(range(n)) if indices is None else [int(j) for j in indices]
     check(len(names) == n, "sample: one index per sample")
     check(conditions is None or len(conditions) == n, "sample: one condition per sample")
     out = []
-    bar = progress(total=n * steps, desc=f"sample ({sampler}, w={guidance})", disable=quiet)
+    bar = progress(total=n * steps, desc=f"sample ({how.kind}, w={guidance})", disable=quiet)
     for i in range(0, n, batch_size):
         idx = list(range(i, min(n, i + batch_size)))
         plan = adapter.sampler(steps, eta)
@@ -89,12 +103,11 @@ def sample(adapter: Adapter, n: int, conditions: Sequence | None = None, guidanc
     return torch.cat(out)
 
 
-def sample_images(adapter: Adapter, n: int, conditions: Sequence | None = None, guidance: float = 1.0,
-                  steps: int = 50, sampler: str = "ddim", seed: int = 0, batch_size: int = 128,
-                  quiet: bool = False, indices: Sequence[int] | None = None) -> torch.Tensor:
+def sample_images(adapter: Adapter, n: int, conditions: Sequence | None = None, how: Sampler = Sampler(),
+                  seed: int = 0, quiet: bool = False, indices: Sequence[int] | None = None) -> torch.Tensor:
     """:func:`sample`, decoded to pixel images (n, C, H, W) in [-1, 1] (through the VAE for latent models)."""
-    z = sample(adapter, n, conditions, guidance, steps, sampler, seed, batch_size, quiet, indices)
-    return torch.cat([adapter.decode(z[i:i + batch_size]) for i in range(0, n, batch_size)])
+    z = sample(adapter, n, conditions, how, seed, quiet, indices)
+    return torch.cat([adapter.decode(z[i:i + how.batch_size]) for i in range(0, n, how.batch_size)])
 
 
 @torch.no_grad()

@@ -2,6 +2,6 @@
 
 from diffmem.scan.local import ScanConfig, scan
 from diffmem.scan.ray_engine import RayConfig
-from diffmem.scan.run import run
+from diffmem.scan.run import Engine, run
 
-__all__ = ["RayConfig", "ScanConfig", "run", "scan"]
+__all__ = ["Engine", "RayConfig", "ScanConfig", "run", "scan"]

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diffmem.scan import RayConfig, ScanConfig, run
+from diffmem.scan import Engine, RayConfig, ScanConfig, run
 
-ENGINES = {"local_1_thread": {"engine": "local", "threads": 1}, "local_2_threads": {"engine": "local", "threads": 2},
-           "ray_1_worker": {"engine": "ray", "ray": RayConfig(workers=1, threads=1)},
-           "ray_2_workers": {"engine": "ray", "ray": RayConfig(workers=2, threads=1)}}
+ENGINES = {"local_1_thread": Engine("local", 1), "local_2_threads": Engine("local", 2),
+           "ray_1_worker": Engine("ray", ray=RayConfig(workers=1, threads=1)),
+           "ray_2_workers": Engine("ray", ray=RayConfig(workers=2, threads=1))}
 ONE_THREAD = ("local_1_thread", "ray_1_worker", "ray_2_workers")      # one torch thread per process
 
 
@@ -47,13 +47,13 @@ def engine_throughput(model: str | Path, size: int, n_small: int, n_large: int, 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         files = {n: write_images(tmp / f"images_{n}.npy", n, size, seed) for n in (n_small, n_large)}
-        for name, kw in ENGINES.items():
+        for name, engine in ENGINES.items():
             wall = {}
             for n, f in files.items():
                 dest = tmp / f"{name}_{n}"
                 t0 = time.perf_counter()
                 run(str(model), str(f), str(dest), ScanConfig(batch_size=batch_size, part_size=part_size, seed=seed),
-                    quiet=quiet, **kw)
+                    engine, quiet=quiet)
                 wall[n] = time.perf_counter() - t0
             ips = (n_large - n_small) / max(wall[n_large] - wall[n_small], 1e-9)
             out[name] = {"images_per_second": ips, "startup_seconds": max(0.0, wall[n_small] - n_small / ips),
@@ -74,9 +74,9 @@ def engine_throughput(model: str | Path, size: int, n_small: int, n_large: int, 
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec, so a child would report its parent's peak
 _RSS_CHILD = """
 import sys
-from diffmem.scan import ScanConfig, run
+from diffmem.scan import Engine, ScanConfig, run
 run(sys.argv[1], sys.argv[2], sys.argv[3], ScanConfig(batch_size=int(sys.argv[4]), part_size=int(sys.argv[5])),
-    threads=1, quiet=True)
+    Engine("local", 1), quiet=True)
 print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024)
 """
 

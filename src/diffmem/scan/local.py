@@ -136,12 +136,12 @@ def fingerprint(adapter: Adapter, source: Source, batch_size: int, threads: int,
             "threads": threads, "input_range": None if input_range is None else [float(v) for v in input_range]}
 
 
-def scan_settings(adapter: Adapter, layer: str | None, t: float | None, pool: str | None, repeats: int,
-                  seed: int, statistic: str = "std", detector: str | os.PathLike | None = None,
-                  allow_other_model: bool = False) -> dict:
-    """Resolved, validated settings of a scan (defaults from the adapter's family). With ``detector``
+def scan_settings(adapter: Adapter, cfg: "ScanConfig", statistic: str = "std") -> dict:
+    """Resolved, validated settings of a scan (defaults from the adapter's family). With ``cfg.detector``
     (a folder saved by ``diffmem bench``) its timestep and features replace layer/t/pool/statistic."""
     from diffmem.probe.capture import parse_layer
+    layer, t, pool, repeats, seed = cfg.layer, cfg.t, cfg.pool, cfg.repeats, cfg.seed
+    detector, allow_other_model = cfg.detector, cfg.allow_other_model
     if detector is not None:
         det = _detector(adapter, str(detector), allow_other_model)
         return {"layer": "+".join(det.features_), "t": det.t_, "pool": adapter.default_pool, "repeats": 1,
@@ -193,8 +193,7 @@ class ScanConfig:
 def prepare(adapter: Adapter, images: str | os.PathLike, cfg: ScanConfig, threads: int) -> tuple[dict, Source, int]:
     """Every engine's set-up, before any work: (the resolved settings with their resume fingerprint,
     the validated input source, the batch inputs are padded to)."""
-    settings = scan_settings(adapter, cfg.layer, cfg.t, cfg.pool, cfg.repeats, cfg.seed, detector=cfg.detector,
-                             allow_other_model=cfg.allow_other_model)
+    settings = scan_settings(adapter, cfg)
     source = Source(images, adapter.image_size, adapter.image_channels, cfg.input_range, cfg.allow_outside)
     batch_size = batch_cap(cfg.batch_size, cfg.part_size, len(source))
     settings.update(fingerprint(adapter, source, batch_size, threads, cfg.input_range))

@@ -22,6 +22,7 @@ import numpy as np
 from diffmem.errors import DiffmemError, check
 from diffmem.outputs import progress
 from diffmem.data.sources import Source
+from diffmem.models.load import LoadOptions
 from diffmem.scan.local import ScanConfig, _commit, committed_parts, finalize, prepare, score_items
 
 
@@ -68,15 +69,15 @@ class RayConfig:
 
 
 def scan_ray(model: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
-             cfg: ScanConfig = ScanConfig(), engine: RayConfig = RayConfig(), resume: bool = False,
-             allow_pickle: bool = False, device: str = "cpu", dtype: str = "float32", quiet: bool = False) -> dict:
+             cfg: ScanConfig = ScanConfig(), engine: RayConfig = RayConfig(), load: LoadOptions = LoadOptions(),
+             resume: bool = False, quiet: bool = False) -> dict:
     """Scan with Ray Data; same outputs as :func:`diffmem.scan.local.scan`, plus ``startup_seconds``
     (starting or joining Ray)."""
     from diffmem.models import load_adapter
     ray = _import_ray()
-    adapter = load_adapter(model, allow_pickle=allow_pickle, device="cpu", dtype=dtype)   # settings only
+    adapter = load_adapter(model, allow_pickle=load.allow_pickle, device="cpu", dtype=load.dtype)   # settings only
     settings, source, batch_size = prepare(adapter, images, cfg, engine.threads)
-    worker_device = ("cuda" if engine.gpus_per_worker else "cpu") if device == "auto" else device
+    worker_device = ("cuda" if engine.gpus_per_worker else "cpu") if load.device == "auto" else load.device
     out = Path(out)
     t0 = time.perf_counter()
     with committed_parts(out, settings, resume) as done:
@@ -86,8 +87,8 @@ def scan_ray(model: str | os.PathLike, images: str | os.PathLike, out: str | os.
             if len(todo):
                 _run_pipeline(ray, todo, out / "parts", dict(
                     model=str(Path(model).resolve()), settings=settings, spec=source.spec(), on_error=cfg.on_error,
-                    batch_size=batch_size, allow_pickle=allow_pickle, threads=engine.threads, device=worker_device,
-                    dtype=dtype), cfg.part_size, engine.workers, engine.gpus_per_worker, quiet)
+                    batch_size=batch_size, allow_pickle=load.allow_pickle, threads=engine.threads, device=worker_device,
+                    dtype=load.dtype), cfg.part_size, engine.workers, engine.gpus_per_worker, quiet)
         finally:
             if started:
                 ray.shutdown()

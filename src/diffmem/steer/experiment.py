@@ -37,7 +37,7 @@ from diffmem.errors import DiffmemError, check
 from diffmem.neighbours import label_samples
 from diffmem.outputs import progress
 from diffmem.probe.adapters import Adapter
-from diffmem.probe.sampling import sample_images
+from diffmem.probe.sampling import Sampler, sample_images
 from diffmem.steer.attributes import ATTRIBUTES, attribute_concept, attribute_percentile, garment_iou
 from diffmem.steer.classifier import CLASSIFIER, class_probability, load_classifier
 from diffmem.steer.concept import ConceptVector
@@ -219,7 +219,7 @@ def pixel_candidates(adapter: Adapter, cfg: SteerConfig, concept: Concept, targe
     if adapter.condition_kind == "class" and concept.target is not None:
         others = [c for c in range(adapter.num_classes) if c != concept.target] or [concept.target]
         conds = [others[j % len(others)] for j in range(cfg.pool_size)]
-    cand = sample_images(adapter, cfg.pool_size, conds, cfg.guidance, cfg.steps, seed=cfg.seed, quiet=quiet)
+    cand = sample_images(adapter, cfg.pool_size, conds, Sampler(cfg.guidance, cfg.steps), cfg.seed, quiet)
     lab = label_samples(cand, *targets)
     chosen = {g: np.flatnonzero(lab["memorized"] == (g == "memorized"))[:cfg.n_per_group] for g in cfg.groups}
     return conds, chosen, lab
@@ -232,7 +232,7 @@ def prompt_candidates(adapter: Adapter, cfg: SteerConfig, concept: Concept, targ
     kinds = {"memorized": "dup", "generalized": "generic"}
     conds = [p for p, k in zip(ps.prompts, ps.kind) if k in kinds.values() and not _has_word(p, concept.word)]
     kind = [k for p, k in zip(ps.prompts, ps.kind) if k in kinds.values() and not _has_word(p, concept.word)]
-    x = sample_images(adapter, len(conds), conds, cfg.guidance, cfg.steps, seed=cfg.seed, quiet=quiet)
+    x = sample_images(adapter, len(conds), conds, Sampler(cfg.guidance, cfg.steps), cfg.seed, quiet)
     lab = label_samples(x, *targets)
     kind = np.array(kind)
     chosen = {g: np.flatnonzero((kind == kinds[g]) & (lab["memorized"] == (g == "memorized")))[:cfg.n_per_group]
@@ -307,7 +307,7 @@ def run_steer(adapter: Adapter, cfg: SteerConfig = SteerConfig(), quiet: bool = 
         ctx = steering(adapter, cv.vectors_, alpha, win, cfg_batch=cfg_batch) if alpha is not None \
             else contextlib.nullcontext()
         with ctx:
-            return sample_images(adapter, len(idx), c, cfg.guidance, cfg.steps, seed=cfg.seed, indices=idx, quiet=True)
+            return sample_images(adapter, len(idx), c, Sampler(cfg.guidance, cfg.steps), cfg.seed, True, idx)
 
     groups, rows = {}, []
     for g, idx in chosen.items():

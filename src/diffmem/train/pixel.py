@@ -56,11 +56,35 @@ def make_unet(config: str, size: int, channels: int, num_classes: int | None, se
                            num_class_embeds=None if num_classes is None else num_classes + 1)
 
 
-def train_unet(out: str | os.PathLike, data: str = "fashion-mnist", size: int = 16, distinct: int = 2000,
-               dup: str = "10x100,20x40", steps: int = 6000, batch_size: int = 128, lr: float = 1e-3,
-               label_dropout: float = 0.1, config: str = "bench-s", schedule: str = "linear", seed: int = 0, threads: int | None = None,
+@dataclass(frozen=True)
+class PixelRun:
+    """What ``diffmem train`` trains (unet2d): ``distinct`` images of ``data`` at ``size`` px seen once plus
+    the ``dup`` ones (COUNTxCOPIES[,…]), ``steps`` AdamW steps of ``batch_size`` at ``lr`` (cosine decay),
+    ``label_dropout`` (classifier-free guidance), the UNet ``config`` and noise ``schedule``, ``seed``."""
+
+    data: str = "fashion-mnist"
+    size: int = 16
+    distinct: int = 2000
+    dup: str = "10x100,20x40"
+    steps: int = 6000
+    batch_size: int = 128
+    lr: float = 1e-3
+    label_dropout: float = 0.1
+    config: str = "bench-s"
+    schedule: str = "linear"
+    seed: int = 0
+
+    def __post_init__(self):
+        check(self.steps >= 1 and self.batch_size >= 1,
+              f"steps={self.steps}, batch_size={self.batch_size}: both must be >= 1")
+        check(0 <= self.label_dropout < 1, f"label_dropout={self.label_dropout}: must be in [0, 1)")
+        check(self.schedule in SCHEDULES, f"schedule={self.schedule!r}: one of {', '.join(SCHEDULES)}")
+        check(self.config in UNET_CONFIGS, f"config={self.config!r}: one of {', '.join(UNET_CONFIGS)}")
+
+
+def train_unet(out: str | os.PathLike, run: PixelRun = PixelRun(), threads: int | None = None,
                checkpoint_every: int = 0, callback: Callable | None = None, quiet: bool = False) -> dict:
-    """Train on ``distinct`` images plus duplicated ones and save a diffusers pipeline folder.
+    """Train ``run`` and save a diffusers pipeline folder.
 
     ``out`` gets ``model_index.json``, ``unet/`` (safetensors), ``scheduler/`` and ``diffmem.json``
     (source indices, copies, labels, null class, seed and the training settings); with
@@ -70,10 +94,9 @@ def train_unet(out: str | os.PathLike, data: str = "fashion-mnist", size: int = 
     step (``record``: the training record dict), e.g. :class:`diffmem.monitor.training.TrainingCallback`.
     """
     from diffusers import DDPMPipeline, DDPMScheduler
-    check(steps >= 1 and batch_size >= 1, f"steps={steps}, batch_size={batch_size}: both must be >= 1")
-    check(0 <= label_dropout < 1, f"label_dropout={label_dropout}: must be in [0, 1)")
-    check(schedule in SCHEDULES, f"schedule={schedule!r}: one of {', '.join(SCHEDULES)}")
     check(checkpoint_every >= 0, f"checkpoint_every={checkpoint_every}: must be >= 0")
+    data, size, distinct, dup, steps, batch_size = run.data, run.size, run.distinct, run.dup, run.steps, run.batch_size
+    lr, label_dropout, config, schedule, seed = run.lr, run.label_dropout, run.config, run.schedule, run.seed
     if threads:
         torch.set_num_threads(threads)
     dups = Duplication.parse(dup)

@@ -217,10 +217,10 @@ def copy_share(adapter, items: dict, train_rt: torch.Tensor, train_pos: np.ndarr
     copies a training item (d1/d2 < 1/3, ``copy``), its own item (``own_copy``), a duplicated item
     (``copies_duplicated``), and a duplicated item of the caption's class and colour (``copies_template``)."""
     from diffmem.neighbours import label_samples
-    from diffmem.probe.sampling import sample_images
+    from diffmem.probe.sampling import Sampler, sample_images
     prompts = [items["caption"][j] for j in which for _ in range(generations)]
     own = np.repeat(which, generations)
-    x = sample_images(adapter, len(prompts), prompts, guidance, steps, "ddim", seed, 256, quiet=True)
+    x = sample_images(adapter, len(prompts), prompts, Sampler(guidance, steps, batch_size=256), seed, True)
     lab = label_samples(x, train_rt, np.ones(len(train_rt)))
     near = train_pos[lab["nearest"]]
     copied_dup = lab["memorized"] & (np.asarray(items["copies"])[near] > 1)
