@@ -83,8 +83,8 @@ def test_unfitted_and_bad_saved_detectors_fail_clearly(adapter, tmp_path):
     (tmp_path / "nan" / "detector.json").write_text(json.dumps({**meta, "t_convention": "timestep"}))
     with pytest.raises(DiffmemError, match=r"t as timestep\), not applicable to this theory model \(t as sigma"):
         FusionDetector.load(tmp_path / "nan", adapter)
-    with pytest.raises(DiffmemError, match="fpr"):
-        FusionDetector(adapter, fpr=0)
+    with pytest.raises(DiffmemError, match="fpr=0: must be in"):                 # checked by fit, not __init__
+        FusionDetector(adapter, fpr=0).fit(*_data()[:2])
 
 
 def test_shipped_hybrid_detector_is_refused_on_a_theory_model(tmp_path):
@@ -128,12 +128,32 @@ def test_a_detector_fitted_on_other_weights_is_refused_unless_allowed(tmp_path):
     assert FusionDetector.load(HYBRID / "detector", other, allow_other_model=True).features_
 
 
-def test_get_params_are_the_constructor_parameters_so_clone_works(adapter):
+def _estimators(adapter):
+    from diffmem.detect.detector import SpikinessDetector
+    from diffmem.detect.labelfree import LabelFreeDetector
+    from diffmem.monitor.monitor import MemorizationMonitor
+    from diffmem.steer.concept import ConceptVector
+    return [FusionDetector(adapter, ts=(0.1, 0.2), max_features=2, seed=3),
+            SpikinessDetector(adapter, t=0.2, statistic="kurtosis", seed=3),
+            LabelFreeDetector(adapter, combine="mean_z", seed=3),
+            ConceptVector(adapter, t=0.2, mode="mean_diff", seed=3), MemorizationMonitor(every=7, seed=3)]
+
+
+@pytest.mark.parametrize("i", range(5), ids=["fusion", "spikiness", "label-free", "concept", "monitor"])
+def test_get_params_are_the_constructor_parameters_so_clone_works(adapter, i):
+    """scikit-learn's contract: get_params returns exactly the constructor's parameters, unchanged (no
+    validation or derivation in __init__), so clone builds an unfitted twin."""
     import inspect
     from sklearn.base import clone
-    det = FusionDetector(adapter, ts=(0.1, 0.2), max_features=2, seed=3)
-    assert set(det.get_params()) == set(inspect.signature(FusionDetector).parameters)
+    det = _estimators(adapter)[i]
+    params = inspect.signature(type(det)).parameters
+    assert set(det.get_params()) == set(params)
+    bare = (type(det)(adapter) if "adapter" in params else type(det)()).get_params()
+    assert det.get_params()["seed"] == 3 and all(bare[k] is p.default for k, p in params.items()
+                                                 if p.default is None and k != "adapter")   # no default filled in
     twin = clone(det)
     same = lambda d: {k: v for k, v in d.get_params().items() if k != "adapter"}  # noqa: E731
-    assert twin is not det and type(twin.adapter) is type(adapter) and same(twin) == same(det)  # adapter: deep copy
-    assert not hasattr(twin, "coef_") and twin.set_params(seed=4).seed == 4
+    assert twin is not det and same(twin) == same(det)
+    assert "adapter" not in params or type(twin.adapter) is type(adapter)                     # adapter: deep copy
+    assert not any(k.endswith("_") and not k.startswith("_") for k in vars(twin))              # nothing fitted
+    assert twin.set_params(seed=4).seed == 4

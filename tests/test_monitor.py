@@ -81,7 +81,7 @@ def _train(steps, monitor=None, accelerate=False):
 def test_training_is_bit_identical_with_the_monitor_on(accelerate):
     if accelerate:
         pytest.importorskip("accelerate")
-    mon = MemorizationMonitor(_images(24, 2), _images(40, 3), every=3, batch_size=16)
+    mon = MemorizationMonitor(every=3, batch_size=16).fit(_images(24, 2), _images(40, 3))
     off, on = _train(7, accelerate=accelerate), _train(7, mon, accelerate=accelerate)
     assert off.keys() == on.keys() and all(torch.equal(off[k], on[k]) for k in off)
     assert [r["step"] for r in mon.history_] == [3, 6]
@@ -94,11 +94,11 @@ def test_training_is_bit_identical_with_the_monitor_on(accelerate):
 
 def test_monitor_drops_duplicate_probes_and_checks_shapes():
     x = _images(10, 0)
-    mon = MemorizationMonitor(torch.cat([x, x]), _images(12, 1))
-    assert len(mon.probe) == 10
+    mon = MemorizationMonitor().fit(torch.cat([x, x]), _images(12, 1))
+    assert len(mon.probe_) == 10
     from diffmem.errors import DiffmemError
     with pytest.raises(DiffmemError, match="differ in shape"):
-        MemorizationMonitor(x, _images(12, 1, size=16))
+        MemorizationMonitor().fit(x, _images(12, 1, size=16))
 
 
 def test_alarm_steps_follow_the_rules_on_a_recorded_history():
@@ -106,7 +106,7 @@ def test_alarm_steps_follow_the_rules_on_a_recorded_history():
     rng = np.random.default_rng(0)
     fake = [{"step": s, "spikiness": {"p": 0.5, "excess": 0.01}, "loss": {"tail_p": 0.5, "welch_p": 0.5, "gap": 0.0},
              "stable_rank": {"mean": 10 + rng.normal(0, 0.01)}} for s in range(100, 1100, 100)]
-    mon = MemorizationMonitor(_images(10, 0), _images(12, 1))
+    mon = MemorizationMonitor().fit(_images(10, 0), _images(12, 1))
     mon.history_ = fake
     assert all(v is None for v in mon.alarms().values())
     for r in fake[6:]:
@@ -164,7 +164,8 @@ def test_monitor_cli_errors_are_one_line(tmp_path):
 @pytest.mark.slow
 def test_overhead_benchmark_trains_identical_weights_with_the_monitor_on():
     from diffmem.monitor.bench import overhead
-    res = overhead(steps=4, every=2, batch_size=4, distinct=20, dup="2x3", config="test-xs", size=8, pairs=1,
-                   quiet=True)
+    from diffmem.train.pixel import PixelRun
+    res = overhead(PixelRun(size=8, distinct=20, dup="2x3", steps=4, batch_size=4, config="test-xs"), every=2,
+                   pairs=1, quiet=True)
     assert res["weights_identical"] and res["measurements"] == 2
     assert len(res["seconds_off"]) == len(res["seconds_on"]) == 1 and 0 < res["monitor_fraction"] < 1

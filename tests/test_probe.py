@@ -149,7 +149,7 @@ def test_detector_fit_score_predict_and_layer_selection(tiny):
     assert det.threshold_ == np.sort(det.negative_scores_)[18]
     assert det.predict(neg).mean() <= 0.1 + 1e-9
     assert det.score(pos).shape == (10,)
-    ranked = select_layer(a, pos, neg, batch_size=16)
+    ranked = select_layer(a, pos, neg, like=SpikinessDetector(a, batch_size=16))
     assert a.default_layer in [r["layer"] for r in ranked]
     assert all(ranked[i]["auroc"] >= ranked[i + 1]["auroc"] for i in range(len(ranked) - 1))
 

@@ -12,7 +12,7 @@ import torch
 
 from diffmem.data.records import copy_targets, reference_images
 from diffmem.neighbours import COPY_RATIO, label_samples
-from diffmem.bench.protocol import (aggregate, batches, evaluate_report, grouped_split, score_settings,
+from diffmem.bench.protocol import (BenchSettings, aggregate, batches, evaluate_report, grouped_split, score_settings,
                                     split_overlap, summarize, thresholds, timed_against, tune)
 from diffmem.detect.detector import candidate_layers, image_keys
 from diffmem.detect.fusion import FusionDetector
@@ -41,13 +41,15 @@ def _scores(method, setting, x, keys, classes, idx, batch_size):
     return score_settings(method, [setting], batches(x, keys, classes, idx, batch_size))[0]
 
 
-def bench_seed(adapter: Adapter, train: torch.Tensor, copies: np.ndarray, reference: torch.Tensor,
-               ref_conditions, n: int, guidance: float, steps: int, calib_frac: float, fpr: float,
-               batch_size: int, seed: int, quiet: bool = False, prompts=None) -> dict:
-    """One seed of the protocol: sample n images (the model's default conditions, or ``prompts``),
-    label them exactly, split them by nearest training image, tune every method on calibration,
-    measure it on the report split; the fusion detector is fitted on calibration as well.
-    ``ref_conditions`` (class labels of ``reference``, or None) feed methods that need a condition."""
+def bench_seed(adapter: Adapter, targets: tuple[torch.Tensor, np.ndarray], reference: torch.Tensor, ref_conditions,
+               cfg: "ImageBench", seed: int, quiet: bool = False, prompts=None) -> dict:
+    """One seed of the protocol: sample ``cfg.n`` images (the model's default conditions, or ``prompts``),
+    label them exactly against ``targets`` (the copy targets (M, C, H, W) and how often each was seen (M,)),
+    split them by nearest training image, tune every method on calibration, measure it on the report
+    split; the fusion detector is fitted on calibration as well. ``ref_conditions`` (class labels of
+    ``reference``, or None) feed methods that need a condition."""
+    (train, copies), n, guidance, steps = targets, cfg.n, cfg.guidance, cfg.steps
+    calib_frac, fpr, batch_size = cfg.calib_frac, cfg.fpr, cfg.batch_size
     conds = adapter.conditions(n, prompts=prompts)
     t0 = time.perf_counter()
     x = sample_images(adapter, n, conds, Sampler(guidance, steps, batch_size=batch_size), seed, quiet)
@@ -114,16 +116,10 @@ def bench_seed(adapter: Adapter, train: torch.Tensor, copies: np.ndarray, refere
 
 
 @dataclass(frozen=True)
-class ImageBench:
-    """Settings of the image-level bench: ``n`` samples per seed, DDIM ``steps`` at ``guidance``,
-    calibration share ``calib_frac``, target ``fpr``, ``batch_size``."""
+class ImageBench(BenchSettings):
+    """Settings of the image-level bench: ``n`` samples per seed and the :class:`BenchSettings`."""
 
     n: int = 1500
-    guidance: float = 1.0
-    steps: int = 50
-    calib_frac: float = 0.5
-    fpr: float = 0.01
-    batch_size: int = 256
 
 
 def image_bench(adapter: Adapter, seeds: list[int], cfg: ImageBench = ImageBench(), prompts=None,
@@ -133,8 +129,7 @@ def image_bench(adapter: Adapter, seeds: list[int], cfg: ImageBench = ImageBench
     train, copies = copy_targets(adapter)
     reference, ref_conditions = reference_images(adapter)
     t0 = time.perf_counter()
-    runs = [bench_seed(adapter, train, copies, reference, ref_conditions, cfg.n, cfg.guidance, cfg.steps,
-                       cfg.calib_frac, cfg.fpr, cfg.batch_size, s, quiet, prompts=prompts) for s in seeds]
+    runs = [bench_seed(adapter, (train, copies), reference, ref_conditions, cfg, s, quiet, prompts) for s in seeds]
     result = {
         "seeds": list(seeds), "detector": DETECTOR,
         "split": {"grouped_by": "nearest_training_image", "overlap": max(r["counts"]["overlap"] for r in runs),

@@ -29,7 +29,7 @@ from scipy.stats import spearmanr
 from diffmem.bench.harness import unit_forward
 from diffmem.data.records import PROMPT_KINDS, PromptSet, record_prompts
 from diffmem.neighbours import label_samples
-from diffmem.bench.protocol import (batches, evaluate_report, grouped_split, score_settings, split_overlap,
+from diffmem.bench.protocol import (BenchSettings, batches, evaluate_report, grouped_split, score_settings, split_overlap,
                                     timed_against, tune)
 from diffmem.detect.detector import candidate_layers, image_keys
 from diffmem.detect.fusion import FusionDetector
@@ -117,16 +117,12 @@ class PromptSeed:
 
 
 @dataclass(frozen=True)
-class PromptBench:
-    """Settings of the prompt-level bench: ``k`` generations per prompt, DDIM ``steps`` at ``guidance``,
-    calibration share ``calib_frac``, target ``fpr``, ``batch_size``."""
+class PromptBench(BenchSettings):
+    """Settings of the prompt-level bench: ``k`` generations per prompt and the :class:`BenchSettings`
+    (guidance 7.5 by default, as users sample text-to-image models)."""
 
-    k: int = 4
     guidance: float = 7.5
-    steps: int = 50
-    calib_frac: float = 0.5
-    fpr: float = 0.01
-    batch_size: int = 256
+    k: int = 4
 
 
 def _generations(adapter: Adapter, ps: PromptSet, cfg: PromptBench, seed: int, quiet: bool):
@@ -138,13 +134,13 @@ def _generations(adapter: Adapter, ps: PromptSet, cfg: PromptBench, seed: int, q
     return x, gen_prompt, np.asarray(conds, dtype=object), time.perf_counter() - t0
 
 
-def prompt_bench_seed(adapter: Adapter, train_rt: torch.Tensor, copies: np.ndarray, train_items: np.ndarray,
-                      ps: PromptSet, reference: torch.Tensor, cfg: PromptBench, seed: int,
-                      quiet: bool = False) -> PromptSeed:
+def prompt_bench_seed(adapter: Adapter, train_rt: torch.Tensor, copies: np.ndarray, ps: PromptSet,
+                      reference: torch.Tensor, cfg: PromptBench, seed: int, quiet: bool = False) -> PromptSeed:
     """Sample ``cfg.k`` generations of every prompt, label them against ``train_rt`` (M, C, H, W) (the
-    round trips of the training images, which sit at data positions ``train_items`` (M,) and were seen
+    round trips of the training images, which sit at the record's data positions ``indices`` (M,) and were seen
     ``copies`` (M,) times), split by prompt group, tune every method on the calibration generations and
     report both levels on the rest. ``reference``: held-out real images (NeMo's statistics)."""
+    train_items = np.asarray(adapter.record.indices)                              # (M,)
     x, gen_prompt, conds, sample_seconds = _generations(adapter, ps, cfg, seed, quiet)
     origins = [f"sample{j}" for j in range(len(x))]
     keys = image_keys(x)
@@ -267,8 +263,7 @@ def prompt_bench(adapter: Adapter, seeds: list[int], cfg: PromptBench = PromptBe
     train_rt, copies = copy_targets(adapter)                                     # (M, C, H, W), (M,)
     reference, _ = reference_images(adapter)
     t0 = time.perf_counter()
-    runs = [prompt_bench_seed(adapter, train_rt, copies, np.asarray(adapter.record.indices), ps, reference, cfg, s,
-                              quiet) for s in seeds]
+    runs = [prompt_bench_seed(adapter, train_rt, copies, ps, reference, cfg, s, quiet) for s in seeds]
     shares = {name: {k: summarize([r.counts["copy_share"].get(name, {}).get(k) for r in runs])
                      for k in ("copy", "own_copy", "copies_duplicated")}
               for name in runs[0].counts["copy_share"]}

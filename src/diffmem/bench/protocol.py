@@ -14,6 +14,7 @@ calibration split, three thresholds measured on the report split, and aggregatio
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -23,6 +24,18 @@ from diffmem.detect.methods import Batch, Method, setting_key
 from diffmem.detect.metrics import auroc, fpr_threshold, rates_at, tpr_at_fpr
 from diffmem.errors import check
 
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """The protocol's settings at either level: DDIM ``steps`` at ``guidance``, the calibration share
+    ``calib_frac`` of the grouped split, the target ``fpr``, ``batch_size``."""
+
+    guidance: float = 1.0
+    steps: int = 50
+    calib_frac: float = 0.5
+    fpr: float = 0.01
+    batch_size: int = 256
 
 def grouped_split(y: np.ndarray, groups: np.ndarray, frac: float, seed: int) -> np.ndarray:
     """Boolean calibration mask (N,): whole groups to one side, about ``frac`` of the samples of each

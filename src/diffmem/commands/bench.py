@@ -53,10 +53,10 @@ def bench(out: Out, model: Annotated[str | None, Opt("model folder with a traini
     adapter = load_adapter(model or HYBRID, allow_pickle, device, dtype)
     require_record(adapter)
     if adapter.condition_kind == "prompt" and adapter.record.captions is not None:
-        cfg = PromptBench(generations, 7.5 if guidance is None else guidance, steps, calib_frac, fpr, batch_size)
+        cfg = PromptBench(7.5 if guidance is None else guidance, steps, calib_frac, fpr, batch_size, k=generations)
         return write_prompt_bench(out, str(model), *prompt_bench(adapter, seed_list, cfg, prompt_list, quiet=quiet))
-    cfg = ImageBench(n_samples or (600 if quick else 1500), 1.0 if guidance is None else guidance, steps, calib_frac,
-                     fpr, batch_size)
+    cfg = ImageBench(1.0 if guidance is None else guidance, steps, calib_frac, fpr, batch_size,
+                     n=n_samples or (600 if quick else 1500))
     result, runs, train = image_bench(adapter, seed_list, cfg, prompt_list, quiet)
     result["model"] = str(model) if model else "shipped hybrid"
     write_image_bench(out, result, runs, train)

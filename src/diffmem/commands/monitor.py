@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 from diffmem.commands.options import AllowPickle, Device, DType, Opt, Out, Quiet, Seed
 from diffmem.errors import check
-from diffmem.monitor.bench import overhead
-from diffmem.monitor.demo import DEMO_SETTINGS, TEST_SETTINGS, run_demo
+from diffmem.monitor.bench import OVERHEAD_RUN, overhead
+from diffmem.monitor.demo import DEMO, QUICK, run_demo
 from diffmem.monitor.plots import plot_runs
 from diffmem.monitor.training import N_PROBE, N_REFERENCE, OfflineMonitor, monitor_checkpoints
 from diffmem.outputs import check_out, output_dir, write_json
@@ -40,7 +41,7 @@ def monitor(out: Out, checkpoints: Checkpoints = (), ground_truth: GroundTruth =
     checkpoints = list(checkpoints or [])
     if demo:
         check(not checkpoints, "--demo trains its own runs: give no CKPT_DIR")
-        return run_demo(out, seed=seed, quiet=quiet, **(TEST_SETTINGS if quick else DEMO_SETTINGS))
+        return run_demo(out, QUICK if quick else DEMO, seed, quiet)
     check(bool(checkpoints), "CKPT_DIR: give at least one checkpoint folder (or --demo)")
     summary = monitor_checkpoints(checkpoints, OfflineMonitor(probe, reference, n_probe, n_reference, ground_truth,
                                                               n, seed), device, dtype, allow_pickle, quiet)
@@ -60,7 +61,7 @@ def bench_monitor(steps: Annotated[int, Opt("training steps per run", min=2)] = 
     """Training time with the monitor off and on (same run, one process, alternating order) and whether
     the weights are bit-identical: ``monitor_bench.json``."""
     check_out(out)
-    res = overhead(steps=steps, every=every, batch_size=batch_size, pairs=pairs, seed=seed, quiet=quiet)
+    res = overhead(replace(OVERHEAD_RUN, steps=steps, batch_size=batch_size, seed=seed), every, pairs, quiet)
     print(f"monitor overhead: {res['overhead_ratio']:.3f}x training time (goal <= 1.05); time inside the monitor "
           f"{100 * res['monitor_fraction']:.1f}% ({res['seconds_per_measurement']:.2f} s per measurement); "
           f"weights identical: {res['weights_identical']}")

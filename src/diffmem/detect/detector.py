@@ -11,6 +11,7 @@ import torch
 from diffmem.data.images import image_key
 from diffmem.detect.metrics import auroc, fpr_threshold
 from diffmem.errors import check
+from diffmem.estimator import Params
 from diffmem.outputs import progress
 from diffmem.probe.adapters import Adapter
 from diffmem.probe.represent import generators, represent, spikiness
@@ -22,7 +23,7 @@ def image_keys(images: torch.Tensor) -> list[str]:
     return [image_key(im) for im in images]
 
 
-class SpikinessDetector:
+class SpikinessDetector(Params):
     """Flags memorized images by the spikiness of one layer's pooled representation.
 
     ``fit(negatives)`` calibrates ``threshold_`` so that at most a fraction ``fpr`` of fresh
@@ -34,21 +35,25 @@ class SpikinessDetector:
     def __init__(self, adapter: Adapter, layer: str | None = None, t: float | None = None,
                  pool: str | None = None, statistic: str = "std", repeats: int = 1, fpr: float = 0.01,
                  batch_size: int = 64, seed: int = 0):
-        check(statistic in STATISTICS, f"statistic {statistic!r}: one of {', '.join(STATISTICS)}")
-        check(0 < fpr < 1, f"fpr={fpr}: must be in (0, 1)")
-        self.adapter, self.statistic, self.repeats, self.fpr = adapter, statistic, repeats, fpr
-        self.layer = layer or adapter.default_layer
-        self.t = adapter.default_t if t is None else t
-        self.pool = pool or adapter.default_pool
-        self.batch_size, self.seed = batch_size, seed
+        self.adapter, self.layer, self.t, self.pool, self.statistic = adapter, layer, t, pool, statistic
+        self.repeats, self.fpr, self.batch_size, self.seed = repeats, fpr, batch_size, seed
+
+    def settings(self) -> tuple[str, float, str]:
+        """(layer, t, pool) with the family's defaults filled in, validated."""
+        check(self.statistic in STATISTICS, f"statistic={self.statistic!r}: one of {', '.join(STATISTICS)}")
+        check(0 < self.fpr < 1, f"fpr={self.fpr}: must be in (0, 1)")
+        a = self.adapter
+        return self.layer or a.default_layer, a.default_t if self.t is None else self.t, self.pool or a.default_pool
 
     def score_all(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Every statistic (N,) for images (N, C, H, W) in [-1, 1]."""
+        layer, t, pool = self.settings()
         keys = image_keys(images) if keys is None else list(keys)
         parts: dict[str, list] = {}
         for i in progress(range(0, len(images), self.batch_size), desc="spikiness"):
             s = spikiness(self.adapter, images[i:i + self.batch_size], keys[i:i + self.batch_size],
-                          self.layer, self.t, self.pool, self.seed, self.repeats)
+                          layer, t, pool, self.seed, self.repeats)
+            check(bool(torch.isfinite(s["std"]).all()), f"layer {layer!r}: NaN or infinite activations")
             for k, v in s.items():
                 parts.setdefault(k, []).append(v.numpy())
         return {k: np.concatenate(v) for k, v in parts.items()}
@@ -80,15 +85,15 @@ def candidate_layers(adapter: Adapter) -> list[str]:
 
 @torch.no_grad()
 def select_layer(adapter: Adapter, positives: torch.Tensor, negatives: torch.Tensor,
-                 candidates: Sequence[str] | None = None, t: float | None = None, pool: str | None = None,
-                 statistic: str = "std", seed: int = 0, batch_size: int = 64) -> list[dict]:
-    """Rank candidate layers by the AUROC of ``statistic`` on a calibration set (one forward per batch).
-
-    Returns ``[{"layer", "auroc"}, ...]`` best first. Use images disjoint from any reported split.
-    """
+                 candidates: Sequence[str] | None = None, like: SpikinessDetector | None = None) -> list[dict]:
+    """Rank candidate layers (default :func:`candidate_layers`) by the AUROC of a detector's statistic on
+    a calibration set, one forward per batch; ``like``: the detector whose t, pool, statistic, seed and
+    batch size to use (default: the family's). Returns ``[{"layer", "auroc"}, ...]`` best first. Use
+    images disjoint from any reported split."""
+    like = like or SpikinessDetector(adapter)
     candidates = list(candidates or candidate_layers(adapter))
-    t = adapter.default_t if t is None else t
-    pool = pool or adapter.default_pool
+    _, t, pool = like.settings()
+    statistic, seed, batch_size = like.statistic, like.seed, like.batch_size
     x = torch.cat([positives, negatives])
     y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
     keys = image_keys(x)

@@ -21,6 +21,7 @@ import torch
 from diffmem.detect.detector import candidate_layers, image_keys
 from diffmem.detect.metrics import fpr_threshold
 from diffmem.errors import DiffmemError, check
+from diffmem.estimator import Params
 from diffmem.outputs import progress
 from diffmem.probe.adapters import Adapter
 from diffmem.probe.represent import forward, generators
@@ -101,7 +102,7 @@ def _significant_gain(new: np.ndarray, old: np.ndarray, y: np.ndarray, folds, ma
     return gains.mean() > max(margin, z * gains.std(ddof=1) / np.sqrt(len(gains)))
 
 
-class FusionDetector:
+class FusionDetector(Params):
     """Flags memorized images from one denoiser forward: spikiness statistics + denoising residual.
 
     Parameters: ``ts`` candidate timesteps (default: the adapter's ``t_grid``), ``layers`` candidate layers (default: the adapter's
@@ -118,22 +119,12 @@ class FusionDetector:
     def __init__(self, adapter: Adapter | None = None, ts: Sequence[float] | None = None,
                  layers: Sequence[str] | None = None, max_features: int = 3, C: float = 1.0, fpr: float = 0.01,
                  folds: int = 5, batch_size: int = 256, seed: int = 0):
-        check(0 < fpr < 1, f"fpr={fpr}: must be in (0, 1)")
-        check(max_features >= 1, f"max_features={max_features}: must be >= 1")
-        self.adapter, self.layers, self.max_features = adapter, layers, max_features
-        self.ts = None if ts is None else tuple(ts)
+        self.adapter, self.ts, self.layers, self.max_features = adapter, ts, layers, max_features
         self.C, self.fpr, self.folds, self.batch_size, self.seed = C, fpr, folds, batch_size, seed
 
-    def get_params(self, deep: bool = False) -> dict:
-        """The constructor's parameters (``sklearn.base.clone`` builds an unfitted twin from them)."""
-        return {k: getattr(self, k) for k in ("adapter", "ts", "layers", "max_features", "C", "fpr", "folds",
-                                               "batch_size", "seed")}
-
-    def set_params(self, **params) -> "FusionDetector":
-        for k, v in params.items():
-            check(k in self.get_params(), f"FusionDetector: no parameter {k!r}")
-            setattr(self, k, tuple(v) if k == "ts" else v)
-        return self
+    def _check_params(self) -> None:
+        check(0 < self.fpr < 1, f"fpr={self.fpr}: must be in (0, 1)")
+        check(self.max_features >= 1, f"max_features={self.max_features}: must be >= 1")
 
     # -- features -------------------------------------------------------------------------
     def _features(self, images: torch.Tensor, keys: Sequence[str], t: float, names: Sequence[str]) -> np.ndarray:
@@ -167,6 +158,7 @@ class FusionDetector:
         ``threshold_`` from the out-of-fold scores of the negatives. ``groups`` (N,): e.g. the index
         of each image's nearest training image (default: every image its own group)."""
         from sklearn.metrics import roc_auc_score
+        self._check_params()
         y = np.asarray(y).astype(int)
         check(len(y) == len(images) and y.min() == 0 and y.max() == 1,
               "FusionDetector.fit: need one label per image, both classes present")
@@ -260,7 +252,8 @@ class FusionDetector:
         meta = read_result(path / "detector.json", DetectorFile)
         try:
             arrays = load_file(str(path / "detector.safetensors"))
-            det = cls(adapter, **meta["params"])
+            params = meta["params"]
+            det = cls(adapter, **{**params, "ts": None if params.get("ts") is None else tuple(params["ts"])})
             det.t_, det.features_ = meta["t"], list(meta["features"])
             det.intercept_, det.threshold_, det.fpr = float(meta["intercept"]), float(meta["threshold"]), meta["fpr"]
             det.calibration_, det.selection_ = meta.get("calibration", {}), meta.get("selection", [])

@@ -21,21 +21,19 @@ from diffmem.detect.detector import image_keys
 from diffmem.detect.fusion import FusionDetector
 from diffmem.detect.methods import Batch, nemo_method, official_spikiness_method, output_norm_method
 from diffmem.errors import check
+from diffmem.estimator import Params
 
 BASE_SCORES = ("residual", "spikiness", "nemo", "output_norm")
 COMBINATIONS = ("mean_z", "max_z")
 
 
-class LabelFreeDetector:
+class LabelFreeDetector(Params):
     """``fit(reference)`` (held-out real images (N, C, H, W), N ≥ 8) sets NeMo's unit statistics and each
     base score's mean and sd (``mean_``, ``scale_``); ``score_all(images)`` gives every base score and both
     combinations, ``score(images)`` the ``combine`` one (default ``max_z``), higher = memorized."""
 
     def __init__(self, adapter=None, combine: str = "max_z", fpr: float = 0.01, batch_size: int = 256, seed: int = 0):
         self.adapter, self.combine, self.fpr, self.batch_size, self.seed = adapter, combine, fpr, batch_size, seed
-
-    def get_params(self, deep: bool = False) -> dict:
-        return {k: getattr(self, k) for k in ("adapter", "combine", "fpr", "batch_size", "seed")}
 
     @property
     def t_(self) -> float:

@@ -25,24 +25,24 @@ class _Timed:
         self.seconds += time.perf_counter() - t
 
 
-def overhead(steps: int = 500, every: int = 500, batch_size: int = 64, distinct: int = 2000, dup: str = "10x100",
-             config: str = "bench-s", size: int = 16, pairs: int = 2, seed: int = 0, quiet: bool = False) -> dict:
-    """Train the same run with the monitor off and on (every ``every`` steps), ``pairs`` times in
+OVERHEAD_RUN = PixelRun(distinct=2000, dup="10x100", steps=500, batch_size=64, config="bench-s", size=16)
+
+
+def overhead(run: PixelRun = OVERHEAD_RUN, every: int = 500, pairs: int = 2, quiet: bool = False) -> dict:
+    """Train the same ``run`` with the monitor off and on (every ``every`` steps), ``pairs`` times in
     the order off, on, on, off, … (drift cancels), in one process:
     ``{"seconds_off", "seconds_on"`` (lists), ``"overhead_ratio"`` (Σ on / Σ off),
     ``"monitor_fraction"`` (time inside the monitor / time of the monitored runs, timed in the run),
     ``"measurements", "seconds_per_measurement", "weights_identical"}``."""
-    out: dict = {"steps": steps, "every": every, "batch_size": batch_size, "config": config, "size": size,
-                 "pairs": pairs, "seconds_off": [], "seconds_on": []}
+    out: dict = {"steps": run.steps, "every": every, "batch_size": run.batch_size, "config": run.config,
+                 "size": run.size, "pairs": pairs, "seconds_off": [], "seconds_on": []}
     weights, inside, count = [], 0.0, 0
     order = [kind for p in range(pairs) for kind in (("off", "on") if p % 2 == 0 else ("on", "off"))]
     with tempfile.TemporaryDirectory() as tmp:
         for i, kind in enumerate(order):
-            cb = _Timed(TrainingCallback(every, seed=seed, quiet=True)) if kind == "on" else None
+            cb = _Timed(TrainingCallback(every, seed=run.seed, quiet=True)) if kind == "on" else None
             t0 = time.perf_counter()
-            train_unet(Path(tmp) / str(i), PixelRun(size=size, distinct=distinct, dup=dup, steps=steps,
-                                                    batch_size=batch_size, config=config, seed=seed), callback=cb,
-                       quiet=quiet)
+            train_unet(Path(tmp) / str(i), run, callback=cb, quiet=quiet)
             out[f"seconds_{kind}"].append(time.perf_counter() - t0)
             weights.append(load_file(Path(tmp) / str(i) / "unet" / "diffusion_pytorch_model.safetensors"))
             if cb is not None:

@@ -26,6 +26,7 @@ import torch
 
 from diffmem.data.images import image_key
 from diffmem.errors import check
+from diffmem.estimator import Params
 from diffmem.models.load import wrap_model
 from diffmem.monitor import rules
 from diffmem.probe.adapters import Adapter, gaussian_like
@@ -70,40 +71,45 @@ class _Restored:
         return self.rng.__exit__(*exc)
 
 
-class MemorizationMonitor:
-    """Call ``monitor.step(model, global_step)`` in a training loop; read ``history_``/``alarm_step_``.
+class MemorizationMonitor(Params):
+    """``MemorizationMonitor(every=500, …).fit(probe_images, reference_images)``, then call
+    ``monitor.step(model, global_step)`` in a training loop; read ``history_``/``alarm_step_``.
 
     ``probe_images`` (P, C, H, W) and ``reference_images`` (R, C, H, W) in [-1, 1]: training images
-    (a draw of what the loader serves, duplicates dropped here) and never-trained images. ``model``
-    is an :class:`Adapter` or a diffusers model (see :func:`~diffmem.models.load.wrap_model`).
+    (a draw of what the loader serves, duplicates dropped by ``fit``) and never-trained images. ``model``
+    is an :class:`Adapter` or a diffusers model (see :func:`~diffmem.models.load.wrap_model`). ``layers``,
+    ``t`` and ``loss_ts`` default to the model's family (its candidate layers, ``default_t``, ``t_grid``).
     """
 
-    def __init__(self, probe_images: torch.Tensor, reference_images: torch.Tensor, every: int = 500,
-                 layers: Sequence[str] | None = None, t: float | None = None,
+    def __init__(self, every: int = 500, layers: Sequence[str] | None = None, t: float | None = None,
                  loss_ts: Sequence[float] | None = None, alpha: float = rules.ALPHA, tail: float = rules.TAIL,
                  seed: int = 0, batch_size: int = 256, scheduler=None):
-        check(every >= 1, f"every={every}: must be >= 1")
+        self.every, self.layers, self.t, self.loss_ts = every, layers, t, loss_ts
+        self.alpha, self.tail, self.seed, self.batch_size, self.scheduler = alpha, tail, seed, batch_size, scheduler
+
+    def fit(self, probe_images: torch.Tensor, reference_images: torch.Tensor) -> "MemorizationMonitor":
+        """Keep the distinct probe (``probe_``) and reference (``reference_``) images and their noise keys."""
+        check(self.every >= 1, f"every={self.every}: must be >= 1")
         check(len(probe_images) >= 8 and len(reference_images) >= 8, "monitor: need >= 8 probe and reference images")
         check(probe_images.shape[1:] == reference_images.shape[1:],
               f"monitor: probe images {tuple(probe_images.shape[1:])} and references "
               f"{tuple(reference_images.shape[1:])} differ in shape")
-        self.probe, probe_keys = _unique(probe_images.float())             # (P', C, H, W)
-        self.reference, ref_keys = _unique(reference_images.float())       # (R', C, H, W)
-        self.every, self.layers, self.t = every, list(layers or []), t
-        self.loss_ts = None if loss_ts is None else tuple(loss_ts)
-        self.alpha, self.tail, self.seed, self.batch_size = alpha, tail, seed, batch_size
-        self.scheduler = scheduler
-        self.keys = probe_keys + ref_keys
-        check(len(self.probe) >= 8 and len(self.reference) >= 8,
-              f"monitor: {len(self.probe)} distinct probe and {len(self.reference)} distinct reference images; "
+        self.probe_, probe_keys = _unique(probe_images.float())             # (P', C, H, W)
+        self.reference_, ref_keys = _unique(reference_images.float())       # (R', C, H, W)
+        self.keys_ = probe_keys + ref_keys
+        check(len(self.probe_) >= 8 and len(self.reference_) >= 8,
+              f"monitor: {len(self.probe_)} distinct probe and {len(self.reference_)} distinct reference images; "
               f"need >= 8 of each")
         self.history_: list[dict] = []
         self._wrapped: tuple | None = None      # (model, its adapter): rebuilt when another model comes
+        return self
 
-    def get_params(self) -> dict:
-        return {"every": self.every, "layers": self.layers, "t": self.t, "loss_ts": None if self.loss_ts is None else list(self.loss_ts),
-                "alpha": self.alpha, "tail": self.tail, "seed": self.seed, "batch_size": self.batch_size,
-                "n_probe": len(self.probe), "n_reference": len(self.reference)}
+    def settings(self) -> dict:
+        """What ``monitor.json`` records as ``params``: the parameters and the probe and reference counts."""
+        return {"every": self.every, "layers": list(self.layers or []), "t": self.t,
+                "loss_ts": None if self.loss_ts is None else list(self.loss_ts), "alpha": self.alpha,
+                "tail": self.tail, "seed": self.seed, "batch_size": self.batch_size,
+                "n_probe": len(self.probe_), "n_reference": len(self.reference_)}
 
     # -- measurement ----------------------------------------------------------------------
     def step(self, model, global_step: int, force: bool = False) -> dict | None:
@@ -131,19 +137,19 @@ class MemorizationMonitor:
         t_spike = adapter.default_t if self.t is None else self.t
         loss_ts = self.loss_ts if self.loss_ts is not None else adapter.t_grid[::2]   # 10, 50, 200 for diffusers
         ts = sorted(set(loss_ts) | {t_spike})
-        x = torch.cat([self.probe, self.reference])                                    # (N, C, H, W)
+        x = torch.cat([self.probe_, self.reference_])                                    # (N, C, H, W)
         loss = {t: [] for t in loss_ts}
         spikes = {name: [] for name in layers}
         for i in range(0, len(x), self.batch_size):
             z = adapter.prepare(x[i:i + self.batch_size])                             # (B, C', H', W')
-            eps = gaussian_like(z, generators(self.seed, self.keys[i:i + self.batch_size]))
+            eps = gaussian_like(z, generators(self.seed, self.keys_[i:i + self.batch_size]))
             for t in ts:
-                f = forward(adapter, None, t, layers=layers if t == t_spike else [], z=z, eps=eps)
+                f = forward(adapter, None, t, eps, layers if t == t_spike else [], z=z)
                 if t in loss:
                     loss[t].append((f.eps_hat.float() - eps.float()).pow(2).flatten(1).mean(1).cpu())
                 for name, v in f.pooled(adapter.default_pool).items():                # (B, C'')
                     spikes[name].append(std_stat(v.double()))
-        p = len(self.probe)
+        p = len(self.probe_)
         per_loss = torch.stack([torch.cat(v) for v in loss.values()]).mean(0).double().numpy()   # (N,)
         tails = {name: rules.tail_test(s[:p], s[p:], self.tail)
                  for name, s in ((n, torch.cat(v).double().numpy()) for n, v in spikes.items())}
@@ -183,7 +189,7 @@ class MemorizationMonitor:
         """``{"params", "alarm_step", "baselines": {rule: step}, "checkpoints": [...]}`` (monitor.json)."""
         alarms = self.alarms()
         fired = {r["step"] for r in self.history_ if r["spikiness"]["p"] < self.alpha}
-        return {"params": self.get_params(), "alarm_step": alarms[OURS],
+        return {"params": self.settings(), "alarm_step": alarms[OURS],
                 "baselines": {k: v for k, v in alarms.items() if k != OURS},
                 "checkpoints": [{**r, "alarm": r["step"] in fired} for r in self.history_]}
 

@@ -53,7 +53,7 @@ class TrainingCallback:
             return
         if self.monitor is None:
             probe, ref = probe_and_reference(ModelRecord.from_dict(jsonable(record)), self.n_probe, self.n_reference, self.seed)
-            self.monitor = MemorizationMonitor(probe, ref, every=self.every, seed=self.seed)
+            self.monitor = MemorizationMonitor(every=self.every, seed=self.seed).fit(probe, ref)
         before = self.monitor.alarm_step_
         self.monitor.step(model, step)
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -186,7 +186,7 @@ def monitor_checkpoints(checkpoints: Sequence[str | Path], cfg: OfflineMonitor =
     images = [drawn[i] if src is None else torch.from_numpy(load_images(src, size=first.image_size,
                                                                          channels=first.image_channels))
               for i, src in enumerate((cfg.probe, cfg.reference))]
-    mon = MemorizationMonitor(images[0][:cfg.n_probe], images[1][:cfg.n_reference], every=1, seed=cfg.seed)
+    mon = MemorizationMonitor(every=1, seed=cfg.seed).fit(images[0][:cfg.n_probe], images[1][:cfg.n_reference])
     for folder, step in progress(pairs, desc="monitor", disable=quiet):
         mon.step(first if folder == folders[0] else load_adapter(folder, allow_pickle, device, dtype), step)
     truth = ground_truth(pairs, cfg.n, cfg.seed, device, quiet) if cfg.ground_truth else None

@@ -41,16 +41,17 @@ class Forward:
 
 
 @torch.no_grad()
-def forward(adapter: Adapter, x: torch.Tensor | None, t: float, gens: Sequence[torch.Generator] | None = None,
-            layers: Sequence[str] = (), cond=None, early_exit: bool = False, z: torch.Tensor | None = None,
-            eps: torch.Tensor | None = None) -> Forward:
+def forward(adapter: Adapter, x: torch.Tensor | None, t: float,
+            noise: Sequence[torch.Generator] | torch.Tensor | None = None, layers: Sequence[str] = (), cond=None,
+            early_exit: bool = False, z: torch.Tensor | None = None) -> Forward:
     """THE primitive every score, detector, monitor and concept vector calls: pixel images x
-    (B, C, H, W) → model space (``prepare``, or the given ``z``), noise ε from ``gens`` (or the given
-    ``eps``) at timestep t, one denoiser call with ``cond`` (default: the null condition), the
-    ``layers`` captured (hooks always removed); ``early_exit`` stops after the last captured layer."""
+    (B, C, H, W) → model space (``prepare``, or the given ``z``), noise ε drawn from ``noise`` (one
+    generator per image) or given as a tensor (B, C', H', W'), at timestep t, one denoiser call with
+    ``cond`` (default: the null condition), the ``layers`` captured (hooks always removed);
+    ``early_exit`` stops after the last captured layer."""
     adapter.validate_t(t)
     z = adapter.prepare(x) if z is None else z                                   # (B, C', H', W')
-    eps = gaussian_like(z, gens) if eps is None else eps                         # (B, C', H', W')
+    eps = noise if isinstance(noise, torch.Tensor) else gaussian_like(z, noise)  # (B, C', H', W')
     z_t = adapter.add_noise(z, t, eps)                                           # (B, C', H', W')
     cond = adapter.null_condition(z.shape[0]) if cond is None else cond
     eps_hat = None
@@ -79,11 +80,11 @@ def represent(adapter: Adapter, x: torch.Tensor, layers: Sequence[str], t: float
 
 def spikiness(adapter: Adapter, x: torch.Tensor, keys: Sequence[str], layer: str | None = None,
               t: float | None = None, pool: str | None = None, seed: int = 0, repeats: int = 1,
-              cond=None, nan_ok: bool = False) -> dict[str, torch.Tensor]:
+              cond=None) -> dict[str, torch.Tensor]:
     """Every statistic (B,) of the pooled ``layer`` of images x, averaged over ``repeats`` noise draws.
 
-    ``keys`` (one string per image, e.g. its sha256) seed each image's noise. Non-finite
-    activations raise :class:`DiffmemError` unless ``nan_ok`` (their rows are then NaN).
+    ``keys`` (one string per image, e.g. its sha256) seed each image's noise. An image whose activations
+    are not finite gets NaN statistics (callers refuse or record them: the scan writes an error row).
     """
     layer = layer or adapter.default_layer
     t = adapter.default_t if t is None else t
@@ -98,11 +99,7 @@ def spikiness(adapter: Adapter, x: torch.Tensor, keys: Sequence[str], layer: str
             with torch.no_grad():
                 z = adapter.prepare(x)
         v = forward(adapter, x, t, gens, [layer], cond, early_exit=True, z=z).pooled(pool)[layer]   # (B, C)
-        bad = ~torch.isfinite(v).all(dim=1)
-        if bool(bad.any()):
-            if not nan_ok:
-                raise DiffmemError(f"layer {layer!r}: NaN or infinite activations")
-            v[bad] = float("nan")
+        v[~torch.isfinite(v).all(dim=1)] = float("nan")
         for k, s in all_stats(v).items():
             totals[k] = totals.get(k, 0) + s / repeats
     return totals

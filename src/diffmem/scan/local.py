@@ -61,7 +61,7 @@ def score_batch(adapter: Adapter, x: torch.Tensor, keys: list[str], settings: di
         nan = np.full(len(s), np.nan)
         return {"score": s, **{k: nan for k in STATISTICS}, "flagged": (s > det.threshold_).astype(float)}
     stats = spikiness(adapter, x, keys, settings["layer"], settings["t"], settings["pool"], settings["seed"],
-                      settings["repeats"], nan_ok=True)
+                      settings["repeats"])
     cols = {k: v.numpy() for k, v in stats.items()}
     return {"score": cols[settings["statistic"]], **cols, "flagged": np.full(len(x), np.nan)}
 

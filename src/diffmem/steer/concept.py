@@ -10,6 +10,7 @@ import torch
 
 from diffmem.detect.detector import image_keys
 from diffmem.errors import DiffmemError, check
+from diffmem.estimator import Params
 from diffmem.probe.adapters import Adapter
 from diffmem.probe.represent import generators, represent
 from diffmem.schemas import ConceptFile, read_result, write_result
@@ -17,7 +18,7 @@ from diffmem.schemas import ConceptFile, read_result, write_result
 MODES = ("mean", "mean_diff")
 
 
-class ConceptVector:
+class ConceptVector(Params):
     """``fit(positives, negatives=None)`` → ``vectors_`` {layer: (C,)}.
 
     mode ``mean``: mean over positives of the pooled activation (the paper's released code);
@@ -29,22 +30,11 @@ class ConceptVector:
     scale each layer's vector. Fitted: ``layers_``, ``t_``, ``pool_``, ``vectors_``, ``n_positives_``.
     """
 
-    PARAMS = ("adapter", "layers", "t", "mode", "pool", "weights", "seed", "batch_size")
-
     def __init__(self, adapter: Adapter | None = None, layers: Sequence[str] | None = None, t: float | None = None,
                  mode: str = "mean", pool: str | None = None, weights: dict[str, float] | None = None,
                  seed: int = 0, batch_size: int = 64):
         self.adapter, self.layers, self.t, self.mode, self.pool = adapter, layers, t, mode, pool
         self.weights, self.seed, self.batch_size = weights, seed, batch_size
-
-    def get_params(self, deep: bool = False) -> dict:
-        return {k: getattr(self, k) for k in self.PARAMS}
-
-    def set_params(self, **params) -> "ConceptVector":
-        for k, v in params.items():
-            check(k in self.PARAMS, f"ConceptVector: no parameter {k!r}")
-            setattr(self, k, v)
-        return self
 
     def _mean(self, images: torch.Tensor, cond) -> dict[str, torch.Tensor]:
         check(len(images) > 0, "concept: no images")
