@@ -18,7 +18,7 @@ from diffmem.detect.evaluation import read_labels
 from diffmem.errors import DiffmemError
 from diffmem.models.tiny import SAVERS
 from diffmem.data.sources import iter_inputs
-from tests.test_probe import write_pngs
+from tests.helpers import write_pngs
 
 
 # -- the input policy ----------------------------------------------------------------------------

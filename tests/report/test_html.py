@@ -29,7 +29,7 @@ def results(tmp_path_factory):
                  "--out", str(root / "theory")]) == 0
     # a real audit of a tiny model on given images, with references and a training set
     from diffmem.models.tiny import SAVERS
-    from tests.test_probe import write_pngs
+    from tests.helpers import write_pngs
     model = SAVERS["unet2d"](root.parent / "tiny_model", num_classes=None, seed=0)
     write_pngs(root.parent / "audit_images", 12, size=16)
     write_pngs(root.parent / "audit_reference", 20, size=16, seed=1)

@@ -11,7 +11,7 @@ from diffmem.cli import main
 from diffmem.detect.audit import calibrate_on_reference, flag_quality, share_ci
 from diffmem.errors import DiffmemError
 from diffmem.models.tiny import SAVERS
-from tests.test_probe import write_pngs
+from tests.helpers import write_pngs
 
 
 def test_calibration_rate_is_measured_out_of_sample():

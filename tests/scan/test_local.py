@@ -18,7 +18,7 @@ from diffmem.models import load_adapter
 from diffmem.models.tiny import SAVERS
 from diffmem.scan import ScanConfig, scan
 from diffmem.data.sources import iter_inputs
-from tests.test_probe import write_pngs
+from tests.helpers import write_pngs
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from diffmem.detect.detector import image_keys
 from diffmem.detect.methods import (denoising_loss_method, output_norm_method, random_method, setting_key,
                                     spikiness_method)
 from diffmem.detect.metrics import auroc
-from tests.test_fusion import _data, adapter  # noqa: F401  (fixture)
+from tests.detect.test_fusion import _data, adapter  # noqa: F401  (fixture)
 
 
 def _scores(method, x, keys):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from tests.helpers import write_pngs
 from diffmem.detect import SpikinessDetector, evaluate, select_layer, tpr_at_fpr, tpr_at_fpr_wen
 from diffmem.errors import DiffmemError
 from diffmem.models import load_adapter, save_theory_model
@@ -173,17 +174,6 @@ def test_custom_adapter_on_a_flattening_mlp_denoiser():
     assert torch.allclose(s["std"].double(), h.double().std(1, unbiased=False), atol=1e-6)
     det = SpikinessDetector(a, t=0.05, batch_size=2).fit(x)
     assert det.score(x, keys).shape == (3,) and np.allclose(det.score(x, keys), s["std"].numpy(), atol=1e-6)
-
-
-def write_pngs(folder, n, size=20, seed=0):
-    from PIL import Image
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        mode = ["L", "RGB", "RGBA"][i % 3]
-        shape = (size, size) if mode == "L" else (size, size, len(mode))
-        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(folder / f"{i:03d}.png")
-    return folder
 
 
 @pytest.mark.parametrize("family", FAMILIES + ["theory"])

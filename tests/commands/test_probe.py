@@ -8,7 +8,7 @@ import pytest
 
 from diffmem.cli import main
 from diffmem.models.tiny import SAVERS
-from tests.test_probe import write_pngs
+from tests.helpers import write_pngs
 
 
 @pytest.fixture(scope="module")

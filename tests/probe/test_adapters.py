@@ -16,7 +16,7 @@ from diffmem.models.load import save_theory_model
 from diffmem.models.tiny import SAVERS
 from diffmem.probe.sampling import Sampler, sample_images
 from diffmem.theory.diffusion import ReLUDiffusion
-from tests.test_probe import write_pngs
+from tests.helpers import write_pngs
 
 STEPS = 3
 

@@ -1,0 +1,1 @@
+"""diffmem's tests; each folder mirrors a package of src/diffmem."""
