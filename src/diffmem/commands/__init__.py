@@ -14,6 +14,9 @@ COMMANDS = {
     ("scan",): ("probe:scan", "diffmem scan path/to/model samples/ --out out/scan"),
     ("eval",): ("evaluate:evaluate", "diffmem eval out/scan/scores.parquet --labels labels.csv --out out/eval"),
     ("train",): ("train:train", "diffmem train --distinct 2000 --dup 10x100,20x40 --steps 6000 --out models/hybrid"),
+    ("finetune",): ("finetune:finetune", "diffmem finetune models/t2i --images small/manifest.jsonl --lora-rank 4 "
+                                         "--steps 1000 --checkpoint-every 100 --monitor-every 100 --reference heldout/ "
+                                         "--out out/finetune"),
     ("train-classifier",): ("train:classifier", "diffmem train-classifier --out src/diffmem/assets/classifier"),
     ("sample",): ("sample:sample", "diffmem sample models/hybrid --n 64 --guidance 1 --out out/samples"),
     ("bench", "memorization"): ("bench:bench", "diffmem bench --quick --seed 0 --out out/bench"),

@@ -118,18 +118,18 @@ def input_range(value) -> tuple[float, float] | None:
     return rng
 
 
-def read_prompts(path: str | None) -> list[str] | None:
-    """The non-empty lines of a prompts file (``--prompts``), or None."""
+def read_prompts(path: str | None, flag: str = "--prompts") -> list[str] | None:
+    """The non-empty lines of a prompts file (``flag``), or None."""
     from diffmem.errors import DiffmemError
     if path is None:
         return None
     try:
         lines = [ln.strip() for ln in open(path, encoding="utf-8").read().splitlines()]
     except (OSError, UnicodeDecodeError) as exc:
-        raise DiffmemError(f"--prompts {path}: unreadable ({type(exc).__name__})") from None
+        raise DiffmemError(f"{flag} {path}: unreadable ({type(exc).__name__})") from None
     lines = [ln for ln in lines if ln]
     if not lines:
-        raise DiffmemError(f"--prompts {path}: no prompts in the file")
+        raise DiffmemError(f"{flag} {path}: no prompts in the file")
     return lines
 
 

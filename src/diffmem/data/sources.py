@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import torch
+
 from diffmem.data.images import (IMAGE_SUFFIXES, array_to_model_range, load_fashion_mnist, read_image, to_model_input,
                                  to_nchw)
-from diffmem.errors import DiffmemError
+from diffmem.errors import DiffmemError, check
 
 
 @dataclass
@@ -219,3 +221,18 @@ def load_images(source: str | os.PathLike, size: int | None = None, channels: in
         raise DiffmemError(f"{src}: images of different shapes ({', '.join('x'.join(map(str, s)) for s in shapes)}); "
                            f"give a size to resize them")
     return np.stack(images)
+
+
+def read_inputs(source: str | os.PathLike, size: int, channels: int, input_range=None, allow_outside: bool = False,
+                what: str = "images") -> tuple[torch.Tensor, list[str], list[str | None]]:
+    """Every input of ``source`` (a folder, array or manifest) at once: images (N, C, H, W) in [-1, 1],
+    their paths and their manifest prompts (None where absent); a bad input raises, naming itself."""
+    xs, paths, prompts = [], [], []
+    for item in iter_inputs(source, size, channels, input_range, allow_outside):
+        image, _ = item.loader()
+        xs.append(torch.from_numpy(image))
+        paths.append(item.path)
+        prompts.append(item.prompt)
+    check(len(xs) > 0, f"{what}={source}: no images")
+    return torch.stack(xs), paths, prompts
+

@@ -158,20 +158,6 @@ class Audit:
     sampled: bool
 
 
-def _given_images(inputs: AuditInputs, adapter) -> tuple[torch.Tensor, list[str], list]:
-    """Images (N, C, H, W) of a folder, array or manifest, their paths and prompts (manifest ``prompt``)."""
-    from diffmem.data.sources import iter_inputs
-    xs, paths, conds = [], [], []
-    for item in iter_inputs(inputs.images, adapter.image_size, adapter.image_channels, inputs.input_range,
-                            inputs.allow_outside):
-        image, _ = item.loader()                               # a bad input raises, naming itself
-        xs.append(torch.from_numpy(image))
-        paths.append(item.path)
-        conds.append(item.prompt)
-    check(len(xs) > 0, f"images={inputs.images}: no images")
-    return torch.stack(xs), paths, conds
-
-
 def _references(adapter, inputs: AuditInputs, cfg: AuditConfig):
     """(real reference images (N, C, H, W) or None, their conditions for generations, name, calibration)."""
     from diffmem.data.records import reference_images
@@ -234,7 +220,9 @@ def run_audit(adapter, inputs: AuditInputs = AuditInputs(), cfg: AuditConfig = A
     train_x, train_name = _training(adapter, inputs)
     det, det_source, label_free = _detector(adapter, inputs, cfg)
     if inputs.images is not None:
-        x, paths, conds = _given_images(inputs, adapter)
+        from diffmem.data.sources import read_inputs
+        x, paths, conds = read_inputs(inputs.images, adapter.image_size, adapter.image_channels, inputs.input_range,
+                                      inputs.allow_outside)
     else:
         conds = adapter.conditions(inputs.n, classes=inputs.classes,
                                    prompts=None if inputs.prompts is None else list(inputs.prompts))

@@ -211,16 +211,17 @@ def _encode(fn, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
 
 
 def copy_share(adapter, items: dict, train_rt: torch.Tensor, train_pos: np.ndarray, which: np.ndarray,
-               generations: int, steps: int, guidance: float, seed: int) -> dict:
-    """Sample ``generations`` per caption of the items ``which`` and label each against the VAE round
+               generations: int, how, seed: int) -> dict:
+    """Sample ``generations`` per caption of the items ``which`` (as ``how``, a
+    :class:`~diffmem.probe.sampling.Sampler`, says) and label each against the VAE round
     trips ``train_rt`` (M, 3, H, W) of the training items (positions ``train_pos``): the share that
     copies a training item (d1/d2 < 1/3, ``copy``), its own item (``own_copy``), a duplicated item
     (``copies_duplicated``), and a duplicated item of the caption's class and colour (``copies_template``)."""
     from diffmem.neighbours import label_samples
-    from diffmem.probe.sampling import Sampler, sample_images
+    from diffmem.probe.sampling import sample_images
     prompts = [items["caption"][j] for j in which for _ in range(generations)]
     own = np.repeat(which, generations)
-    x = sample_images(adapter, len(prompts), prompts, Sampler(guidance, steps, batch_size=256), seed, True)
+    x = sample_images(adapter, len(prompts), prompts, how, seed, True)
     lab = label_samples(x, train_rt, np.ones(len(train_rt)))
     near = train_pos[lab["nearest"]]
     copied_dup = lab["memorized"] & (np.asarray(items["copies"])[near] > 1)
@@ -297,11 +298,12 @@ def train_t2i(out: str | os.PathLike, cfg: T2IConfig = T2IConfig(), seed: int = 
     history = []
 
     def measure(step: int, generations: int, steps: int) -> dict:
+        from diffmem.probe.sampling import Sampler
         adapter = StableDiffusionAdapter(unet, vae, text, tok, sampler_sched)
         row = {"step": step, "generations": generations, "sampling_steps": steps}
         for name, which in groups.items():
-            row[name] = copy_share(adapter, items, train_rt, train_pos, which, generations, steps,
-                                   cfg.check_guidance, seed)
+            row[name] = copy_share(adapter, items, train_rt, train_pos, which, generations,
+                                   Sampler(cfg.check_guidance, steps, batch_size=256), seed)
         unet.train()
         if not quiet:
             print(f"step {step}: " + ", ".join(f"{k} {v['copy']:.2f}" for k, v in row.items() if isinstance(v, dict)),
