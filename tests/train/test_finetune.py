@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from diffmem.cli import main
+from diffmem.monitor.finetune import FinetuneWatch, monitored_finetune
 from diffmem.train.finetune import Finetune, finetune
 from diffmem.train.t2i import T2IConfig, train_t2i
 
@@ -55,12 +56,13 @@ def test_training_is_bit_identical_with_the_monitor_on_and_off_with_lora(base, t
     path, x, caps = base
     cfg = Finetune(steps=4, batch_size=4, lr=1e-2, lora_rank=4)
     finetune(path, x[:10], caps[:10], tmp_path / "off", cfg, quiet=True)
-    on = finetune(path, x[:10], caps[:10], tmp_path / "on", Finetune(steps=4, batch_size=4, lr=1e-2, lora_rank=4,
-                                                                      monitor_every=2), reference=x[10:], quiet=True)
+    on = monitored_finetune(path, x[:10], caps[:10], tmp_path / "on", cfg, x[10:], FinetuneWatch(2, ground_truth=4),
+                            quiet=True)
     a, b = (load_file(tmp_path / d / "pytorch_lora_weights.safetensors") for d in ("off", "on"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     mon = json.loads((tmp_path / "on" / "monitor.json").read_text())["runs"]["run"]
     assert [c["step"] for c in mon["checkpoints"]] == [2, 4] and on["alarm_step"] == mon["alarm_step"]
+    assert all(0 <= c["copy_fraction"] <= 1 for c in mon["checkpoints"]) and "onset_step" in mon
 
 
 def test_full_finetune_writes_a_pipeline_and_stop_on_alarm_names_the_checkpoint_to_keep(base, tmp_path, monkeypatch):
@@ -70,9 +72,10 @@ def test_full_finetune_writes_a_pipeline_and_stop_on_alarm_names_the_checkpoint_
     monkeypatch.setattr(MemorizationMonitor, "alarm_step_",
                         property(lambda self: self.history_[2]["step"] if len(self.history_) >= 3 else None))
     path, x, caps = base
-    r = finetune(path, x[:8], caps[:8], tmp_path / "full", Finetune(steps=40, batch_size=8, lr=3e-3,
-                 checkpoint_every=1, monitor_every=1, stop_on_alarm=True), reference=x[8:], quiet=True)
-    assert r["stopped_at_alarm"] == r["alarm_step"] == r["steps_done"] == 3 and r["checkpoints"] == [1, 2, 3]
+    r = monitored_finetune(path, x[:8], caps[:8], tmp_path / "full", Finetune(steps=40, batch_size=8, lr=3e-3,
+                           checkpoint_every=1), x[8:], FinetuneWatch(1, stop_on_alarm=True), quiet=True)
+    assert r["stopped_at"] == r["alarm_step"] == r["steps_done"] == 3 and r["checkpoints"] == [1, 2, 3]
+    assert json.loads((tmp_path / "full" / "finetune.json").read_text())["keep"] == "checkpoints/step-000002"
     assert r["keep"] == "checkpoints/step-000002"
     assert _unet_weights(tmp_path / "full").keys() == _unet_weights(path).keys()
     assert not all(torch.equal(_unet_weights(tmp_path / "full")[k], v) for k, v in _unet_weights(path).items())
@@ -83,7 +86,7 @@ def test_finetune_refuses_bad_input_before_training(base, tmp_path, capsys):
     np.save(tmp_path / "x.npy", ((x[:3].numpy() + 1) * 127.5).astype(np.uint8))
     for argv, problem in ((["--images", str(tmp_path / "x.npy")], "3 images but 0 captions"),
                           (["--images", str(tmp_path / "x.npy"), "--monitor-every", "2"], "needs --reference"),
-                          (["--images", str(tmp_path / "x.npy"), "--stop-on-alarm"], "needs the monitor")):
+                          (["--images", str(tmp_path / "x.npy"), "--stop-on-alarm"], "need the monitor")):
         assert main(["finetune", str(path), *argv, "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("diffmem: error:") and problem in err and len(err.strip().splitlines()) == 1, err
@@ -92,8 +95,8 @@ def test_finetune_refuses_bad_input_before_training(base, tmp_path, capsys):
 
 def test_offline_monitor_on_full_finetune_checkpoints_gives_the_online_rows(base, tmp_path):
     path, x, caps = base
-    finetune(path, x[:8], caps[:8], tmp_path / "ft", Finetune(steps=4, batch_size=4, lr=1e-3, checkpoint_every=2,
-                                                               monitor_every=2), reference=x[8:], quiet=True)
+    monitored_finetune(path, x[:8], caps[:8], tmp_path / "ft", Finetune(steps=4, batch_size=4, lr=1e-3,
+                       checkpoint_every=2), x[8:], FinetuneWatch(2), quiet=True)
     online = json.loads((tmp_path / "ft" / "monitor.json").read_text())["runs"]["run"]
     for name, imgs in (("probe", x[:8]), ("reference", x[8:])):
         np.save(tmp_path / f"{name}.npy", np.round((imgs.numpy() + 1) * 127.5).astype(np.uint8))

@@ -11,7 +11,8 @@ from diffmem.data.sources import read_inputs
 from diffmem.errors import check
 from diffmem.models import load_adapter
 from diffmem.outputs import check_out
-from diffmem.train.finetune import Finetune, finetune as run_finetune
+from diffmem.monitor.finetune import FinetuneWatch, monitored_finetune
+from diffmem.train.finetune import Finetune
 
 Base = Annotated[str, Opt("the Stable Diffusion-family model folder to start from", positional=True, metavar="BASE")]
 Images = Annotated[str, Opt("the fine-tuning set: a .jsonl manifest with 'path' and 'prompt', or a folder / "
@@ -32,13 +33,18 @@ def finetune(base: Base, out: Out, images: Images, captions: Captions = None, re
              monitor_every: MonitorEvery = 0,
              stop_on_alarm: Annotated[bool, Opt("stop at the monitor's first alarm; finetune.json names the last "
                                                 "checkpoint before it as the one to keep")] = False,
+             ground_truth: Annotated[int, Opt("with --monitor-every: also sample this many generations of the "
+                                              "captions at every measurement and record the copy fraction",
+                                              min=0, max=10000)] = 0,
              input_range: InputRange = None, seed: Seed = 0, quiet: Quiet = False) -> dict:
     """Fine-tune BASE on a captioned image set and write the model (or its LoRA weights), checkpoints that
     plain diffusers loads, ``finetune.json`` and, with ``--monitor-every``, ``monitor.json``."""
     check_out(out)
-    cfg = Finetune(steps, batch_size, lr, lora_rank, checkpoint_every=checkpoint_every, monitor_every=monitor_every,
-                   stop_on_alarm=stop_on_alarm, seed=seed)
+    cfg = Finetune(steps, batch_size, lr, lora_rank, checkpoint_every=checkpoint_every, seed=seed)
+    check(monitor_every or not (stop_on_alarm or ground_truth), "--stop-on-alarm, --ground-truth: need the monitor "
+                                                               "(--monitor-every K)")
     check(monitor_every == 0 or reference is not None, "--monitor-every: needs --reference held-out images")
+    watch = FinetuneWatch(monitor_every, stop_on_alarm, ground_truth) if monitor_every else None
     adapter = load_adapter(base)
     size, channels, rng = adapter.image_size, adapter.image_channels, parse_range(input_range)
     x, _, prompts = read_inputs(images, size, channels, rng, what="images")
@@ -47,4 +53,4 @@ def finetune(base: Base, out: Out, images: Images, captions: Captions = None, re
           f"--images {images}: {len(x)} images but {0 if caps is None else sum(c is not None for c in caps)} "
           f"captions; give a manifest with 'prompt' or --captions with one line per image")
     ref = read_inputs(reference, size, channels, rng, what="reference")[0] if reference is not None else None
-    return run_finetune(base, x, list(caps), out, cfg, ref, quiet)
+    return monitored_finetune(base, x, list(caps), out, cfg, ref, watch, quiet)

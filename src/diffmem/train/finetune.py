@@ -10,18 +10,17 @@ timesteps of the base model's DDPM schedule, drops captions with probability ``c
 Checkpoints (``out/checkpoints/step-K/``) load in plain diffusers: a full fine-tune writes a complete
 ``StableDiffusionPipeline`` folder; a LoRA fine-tune writes ``pytorch_lora_weights.safetensors`` through
 ``StableDiffusionPipeline.save_lora_weights``, which ``pipe.load_lora_weights`` reads into the base
-model. With the monitor on, ``monitor.json`` is kept up to date as training goes and
-``stop_on_alarm`` ends training at the first alarm, naming the last checkpoint before it as the one
-to keep. The monitor probes the fine-tuning images against held-out ``reference`` images with the
-empty prompt (as the detector does); training is bit-identical with it on or off."""
+model. ``callback(adapter, step, out)`` runs after every optimizer step with the model being trained
+(an adapter over the live UNet); it returns True to stop training there. The memorization monitor
+is such a callback (:mod:`diffmem.monitor.finetune`)."""
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -38,8 +37,7 @@ LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")       # diffusers' DreamBoot
 class Finetune:
     """What to fine-tune: ``steps`` optimizer steps of ``batch_size`` at ``lr``; ``lora_rank`` 0 trains
     the full UNet, R > 0 a peft LoRA of rank R (alpha = R) on :data:`LORA_TARGETS`; ``caption_dropout``;
-    a checkpoint every ``checkpoint_every`` steps (0: none); the monitor every ``monitor_every`` steps
-    (0: off) and ``stop_on_alarm``; ``seed``."""
+    a checkpoint every ``checkpoint_every`` steps (0: none); ``seed``."""
 
     steps: int = 1000
     batch_size: int = 16
@@ -47,8 +45,6 @@ class Finetune:
     lora_rank: int = 0
     caption_dropout: float = 0.1
     checkpoint_every: int = 0
-    monitor_every: int = 0
-    stop_on_alarm: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -56,11 +52,7 @@ class Finetune:
                                                         f"both must be >= 1")
         check(self.lr > 0 and self.lora_rank >= 0, f"lr={self.lr}, lora_rank={self.lora_rank}: lr > 0, rank >= 0")
         check(0 <= self.caption_dropout < 1, f"caption_dropout={self.caption_dropout}: must be in [0, 1)")
-        check(self.checkpoint_every >= 0 and self.monitor_every >= 0, "checkpoint_every, monitor_every: >= 0")
-        check(self.monitor_every <= self.steps, f"monitor_every={self.monitor_every}: more than the {self.steps} "
-                                                f"steps, so the monitor would never run")
-        check(not self.stop_on_alarm or self.monitor_every > 0, "stop_on_alarm=True needs the monitor "
-                                                                "(monitor_every > 0)")
+        check(self.checkpoint_every >= 0, f"checkpoint_every={self.checkpoint_every}: must be >= 0")
 
 
 def _pipeline(base: str | os.PathLike):
@@ -96,18 +88,13 @@ def save_checkpoint(folder: Path, pipe, lora: bool) -> None:
 
 
 def finetune(base: str | os.PathLike, images: torch.Tensor, captions: list[str], out: str | os.PathLike,
-             cfg: Finetune = Finetune(), reference: torch.Tensor | None = None, quiet: bool = False) -> dict:
+             cfg: Finetune = Finetune(), callback: Callable | None = None, quiet: bool = False) -> dict:
     """Fine-tune ``base`` on ``images`` (N, 3, H, W) in [-1, 1] with ``captions`` (N,) and write ``out``
-    (the fine-tuned pipeline or LoRA weights, ``checkpoints/``, ``finetune.json`` and, with the
-    monitor, ``monitor.json``). ``reference``: held-out images (R, 3, H, W) the monitor compares the
-    fine-tuning images with. Returns the ``finetune.json`` object."""
+    (the fine-tuned pipeline or LoRA weights, ``checkpoints/``, ``finetune.json``); returns the
+    ``finetune.json`` object (``stopped_at`` the step a ``callback`` stopped at, else None)."""
     from diffusers import DDPMScheduler
-    from diffmem.monitor.monitor import MemorizationMonitor
     from diffmem.probe.adapters import StableDiffusionAdapter
-    from diffmem.schemas import MonitorFile, write_result
     check(len(images) == len(captions) and len(images) >= 1, f"images: {len(images)} images, {len(captions)} captions")
-    check(cfg.monitor_every == 0 or (reference is not None and len(reference) >= 8),
-          "reference: the monitor needs at least 8 held-out images")
     pipe = _pipeline(base)
     unet, vae, text, tok = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
     check(tuple(images.shape[1:]) == (vae.config.in_channels, *(2 * [unet.config.sample_size * 2 ** (
@@ -129,9 +116,7 @@ def finetune(base: str | os.PathLike, images: torch.Tensor, captions: list[str],
                   return_tensors="pt").input_ids
         emb = text(ids)[0]                                                             # (N + 1, L, D)
         emb, null = emb[:-1], emb[-1:]
-    adapter = StableDiffusionAdapter(unet, vae, text, tok, pipe.scheduler)         # the monitor's view
-    monitor = (MemorizationMonitor(every=cfg.monitor_every, seed=cfg.seed).fit(images, reference)
-               if cfg.monitor_every else None)
+    adapter = StableDiffusionAdapter(unet, vae, text, tok, pipe.scheduler)         # the callback's view
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     lrs = cosine_schedule(opt, cfg.steps)
@@ -157,24 +142,13 @@ def finetune(base: str | os.PathLike, images: torch.Tensor, captions: list[str],
                 with output_dir(out / "checkpoints" / f"step-{k:06d}") as folder:   # kept if training dies
                     save_checkpoint(folder, pipe, lora)
                 record["checkpoints"].append(k)
-            if monitor is not None and monitor.step(adapter, k) is not None:      # kept up to date, atomically
-                out.mkdir(parents=True, exist_ok=True)
-                write_result(out / ".monitor.json.tmp", {"runs": {"run": monitor.summary()}}, MonitorFile)
-                os.replace(out / ".monitor.json.tmp", out / "monitor.json")
-                if monitor.alarm_step_ is not None and stopped is None:
-                    if not quiet:
-                        print(f"diffmem finetune: memorization alarm at step {k}", file=sys.stderr)
-                    if cfg.stop_on_alarm:
-                        stopped = k
-                        break
+            if callback is not None and callback(adapter, k, out):
+                stopped = k
+                break
         bar.close()
         unet.eval()
         save_checkpoint(tmp, pipe, lora)
-        keep = [c for c in record["checkpoints"] if stopped is None or c < stopped]
-        record.update(steps_done=stopped or cfg.steps, stopped_at_alarm=stopped, seconds=time.time() - t0,
-                      final_loss=float(np.mean(losses[-50:])), alarm_step=None if monitor is None else monitor.alarm_step_,
-                      keep=None if stopped is None else (f"checkpoints/step-{keep[-1]:06d}" if keep else None))
+        record.update(steps_done=stopped or cfg.steps, stopped_at=stopped, seconds=time.time() - t0,
+                      final_loss=float(np.mean(losses[-50:])))
         write_json(tmp / "finetune.json", record)
-        if monitor is not None:
-            write_result(tmp / "monitor.json", {"runs": {"run": monitor.summary()}}, MonitorFile)
     return record
