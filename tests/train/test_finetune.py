@@ -108,3 +108,15 @@ def test_offline_monitor_on_full_finetune_checkpoints_gives_the_online_rows(base
     for a, b in zip(online["checkpoints"], offline["checkpoints"]):
         assert a["spikiness"]["p"] == pytest.approx(b["spikiness"]["p"], rel=1e-6)
         assert a["loss"]["train"] == pytest.approx(b["loss"]["train"], rel=1e-5)
+
+
+def test_finetune_demo_quick_runs_the_three_fine_tunes_with_ground_truth(base, tmp_path):
+    path, _, _ = base
+    assert main(["finetune", str(path), "--demo", "--quick", "--quiet", "--out", str(tmp_path / "d")]) == 0
+    res = json.loads((tmp_path / "d" / "monitor.json").read_text())
+    assert set(res["runs"]) == {"memorizing-full", "memorizing-lora", "control-full"}
+    for name, run in res["runs"].items():
+        assert [c["step"] for c in run["checkpoints"]] == [3, 6] and run["lora"] == (name == "memorizing-lora")
+        assert all(0 <= c["copy_fraction"] <= 1 for c in run["checkpoints"]) and "lead_steps" in run
+    assert res["runs"]["control-full"]["n_images"] == 10 and (tmp_path / "d" / "monitor.png").stat().st_size > 0
+

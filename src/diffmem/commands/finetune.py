@@ -11,11 +11,11 @@ from diffmem.data.sources import read_inputs
 from diffmem.errors import check
 from diffmem.models import load_adapter
 from diffmem.outputs import check_out
-from diffmem.monitor.finetune import FinetuneWatch, monitored_finetune
+from diffmem.monitor.finetune import QUICK_DEMO, FinetuneDemo, FinetuneWatch, finetune_demo, monitored_finetune
 from diffmem.train.finetune import Finetune
 
 Base = Annotated[str, Opt("the Stable Diffusion-family model folder to start from", positional=True, metavar="BASE")]
-Images = Annotated[str, Opt("the fine-tuning set: a .jsonl manifest with 'path' and 'prompt', or a folder / "
+Images = Annotated[str | None, Opt("the fine-tuning set: a .jsonl manifest with 'path' and 'prompt', or a folder / "
                             ".npy with --captions", metavar="DIR")]
 Captions = Annotated[str | None, Opt("a file of captions, one a line, in the order of --images", metavar="FILE")]
 Reference = Annotated[str | None, Opt("held-out images the model never trained on, for --monitor", metavar="DIR")]
@@ -25,7 +25,7 @@ MonitorEvery = Annotated[int, Opt("run the memorization monitor every K steps (0
                                   min=0)]
 
 
-def finetune(base: Base, out: Out, images: Images, captions: Captions = None, reference: Reference = None,
+def finetune(base: Base, out: Out, images: Images = None, captions: Captions = None, reference: Reference = None,
              lora_rank: LoraRank = 0, steps: Annotated[int, Opt("optimizer steps", min=1, max=10**6)] = 1000,
              batch_size: Annotated[int, Opt("training batch", min=1, max=4096)] = 16,
              lr: Annotated[float, Opt("learning rate", above=0)] = 1e-4,
@@ -36,10 +36,17 @@ def finetune(base: Base, out: Out, images: Images, captions: Captions = None, re
              ground_truth: Annotated[int, Opt("with --monitor-every: also sample this many generations of the "
                                               "captions at every measurement and record the copy fraction",
                                               min=0, max=10000)] = 0,
+             demo: Annotated[bool, Opt("the measured demonstration on BASE's held-out items: memorizing fine-tunes "
+                                       "(full and LoRA) and a control, with the monitor and ground truth")] = False,
+             quick: Annotated[bool, Opt("with --demo: tiny runs (seconds; for tests)")] = False,
              input_range: InputRange = None, seed: Seed = 0, quiet: Quiet = False) -> dict:
     """Fine-tune BASE on a captioned image set and write the model (or its LoRA weights), checkpoints that
     plain diffusers loads, ``finetune.json`` and, with ``--monitor-every``, ``monitor.json``."""
     check_out(out)
+    if demo:
+        check(images is None, "--demo fine-tunes on BASE's held-out items: give no --images")
+        return finetune_demo(base, out, QUICK_DEMO if quick else FinetuneDemo(), seed, quiet)
+    check(images is not None, "--images: give the fine-tuning set (or --demo)")
     cfg = Finetune(steps, batch_size, lr, lora_rank, checkpoint_every=checkpoint_every, seed=seed)
     check(monitor_every or not (stop_on_alarm or ground_truth), "--stop-on-alarm, --ground-truth: need the monitor "
                                                                "(--monitor-every K)")

@@ -111,3 +111,57 @@ def monitored_finetune(base, images: torch.Tensor, captions: list[str], out, cfg
     write_json(out / ".finetune.json.tmp", record)
     os.replace(out / ".finetune.json.tmp", out / "finetune.json")
     return record
+
+
+@dataclass(frozen=True)
+class FinetuneDemo:
+    """The demonstration on a captioned text-to-image model: ``memorizing`` held-out items fine-tuned on
+    for ``steps`` steps (full UNet and LoRA of ``lora_rank``), and a ``control`` run on ``control`` other
+    held-out items; ``n_reference`` further held-out items are the monitor's references; the monitor
+    and ``ground_truth`` generations every ``every`` steps."""
+
+    memorizing: int = 20
+    control: int = 300
+    n_reference: int = 100
+    steps: int = 1200
+    every: int = 100
+    batch_size: int = 16
+    lr: float = 1e-4
+    lora_lr: float = 1e-3
+    lora_rank: int = 8
+    ground_truth: int = 40
+
+
+QUICK_DEMO = FinetuneDemo(memorizing=8, control=10, n_reference=12, steps=6, every=3, batch_size=4,
+                          ground_truth=4)        # seconds; for tests
+
+
+def finetune_demo(base, out, demo: FinetuneDemo = FinetuneDemo(), seed: int = 0, quiet: bool = False) -> dict:
+    """Run the demonstration's three fine-tunes of ``base`` (memorizing full, memorizing LoRA, control
+    full) with the monitor and ground truth, and write ``out/monitor.json`` (``runs.NAME``, ``settings``),
+    ``out/monitor.png`` and ``out/runs/NAME/``."""
+    from dataclasses import asdict
+    from diffmem.data.records import record_reference_captions, record_reference_images
+    from diffmem.models.record import ModelRecord
+    from diffmem.monitor.plots import plot_runs
+    from diffmem.outputs import output_dir
+    rec = ModelRecord.read(base)
+    check(rec is not None and rec.captions is not None, f"{base}: the demo needs a captioned training record")
+    x, caps = record_reference_images(rec)[0], record_reference_captions(rec)
+    need = demo.memorizing + demo.control + demo.n_reference
+    check(len(x) >= need, f"{base}: {len(x)} held-out items, the demo needs {need}")
+    perm = np.random.default_rng(seed).permutation(len(x))
+    mem, ctl = perm[:demo.memorizing], perm[demo.memorizing:demo.memorizing + demo.control]
+    ref = x[perm[demo.memorizing + demo.control:need]]
+    runs = {"memorizing-full": (mem, 0, demo.lr), "memorizing-lora": (mem, demo.lora_rank, demo.lora_lr),
+            "control-full": (ctl, 0, demo.lr)}
+    result = {"settings": {"seed": seed, "base": str(base), **asdict(demo)}, "runs": {}}
+    watch = FinetuneWatch(demo.every, ground_truth=demo.ground_truth)
+    with output_dir(out) as tmp:
+        for name, (idx, rank, lr) in runs.items():
+            cfg = Finetune(demo.steps, demo.batch_size, lr, rank, checkpoint_every=0, seed=seed)
+            r = monitored_finetune(base, x[idx], [caps[i] for i in idx], tmp / "runs" / name, cfg, ref, watch, quiet)
+            result["runs"][name] = {**r["monitor"], "seconds": r["seconds"], "n_images": len(idx), "lora": bool(rank)}
+        write_result(tmp / "monitor.json", result, MonitorFile)
+        plot_runs(result["runs"], tmp / "monitor.png")
+    return result
