@@ -7,6 +7,7 @@ from typing import Annotated
 
 from diffmem.commands.options import InputRange, Opt, Out, Quiet, Seed, read_prompts
 from diffmem.commands.options import input_range as parse_range
+from diffmem.data.records import ASSETS
 from diffmem.data.sources import read_inputs
 from diffmem.errors import check
 from diffmem.models import load_adapter
@@ -14,7 +15,8 @@ from diffmem.outputs import check_out
 from diffmem.monitor.finetune import QUICK_DEMO, FinetuneDemo, FinetuneWatch, finetune_demo, monitored_finetune
 from diffmem.train.finetune import Finetune
 
-Base = Annotated[str, Opt("the Stable Diffusion-family model folder to start from", positional=True, metavar="BASE")]
+Base = Annotated[str | None, Opt("the Stable Diffusion-family model folder to start from (default: the shipped "
+                                 "text-to-image model)", positional=True, metavar="BASE")]
 Images = Annotated[str | None, Opt("the fine-tuning set: a .jsonl manifest with 'path' and 'prompt', or a folder / "
                             ".npy with --captions", metavar="DIR")]
 Captions = Annotated[str | None, Opt("a file of captions, one a line, in the order of --images", metavar="FILE")]
@@ -25,7 +27,7 @@ MonitorEvery = Annotated[int, Opt("run the memorization monitor every K steps (0
                                   min=0)]
 
 
-def finetune(base: Base, out: Out, images: Images = None, captions: Captions = None, reference: Reference = None,
+def finetune(out: Out, base: Base = None, images: Images = None, captions: Captions = None, reference: Reference = None,
              lora_rank: LoraRank = 0, steps: Annotated[int, Opt("optimizer steps", min=1, max=10**6)] = 1000,
              batch_size: Annotated[int, Opt("training batch", min=1, max=4096)] = 16,
              lr: Annotated[float, Opt("learning rate", above=0)] = 1e-4,
@@ -43,6 +45,7 @@ def finetune(base: Base, out: Out, images: Images = None, captions: Captions = N
     """Fine-tune BASE on a captioned image set and write the model (or its LoRA weights), checkpoints that
     plain diffusers loads, ``finetune.json`` and, with ``--monitor-every``, ``monitor.json``."""
     check_out(out)
+    base = base or str(ASSETS / "bench" / "t2i")
     if demo:
         check(images is None, "--demo fine-tunes on BASE's held-out items: give no --images")
         return finetune_demo(base, out, QUICK_DEMO if quick else FinetuneDemo(), seed, quiet)
