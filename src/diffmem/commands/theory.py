@@ -13,8 +13,8 @@ from diffmem.outputs import check_out, output_dir, write_json
 from diffmem.plotting import plt, save, show_images
 from diffmem.theory import diffusion as rd
 from diffmem.theory.bench import bench_grid
-from diffmem.theory.images import image_models
-from diffmem.theory.phase import phase as phase_grid, plot_phase
+from diffmem.theory.images import ImageDAEs, image_models
+from diffmem.theory.phase import PhaseGrid, phase as phase_grid, plot_phase
 from diffmem.theory.plots import plot_verify, plot_weights
 from diffmem.theory.verify import verify as verify_regimes
 from diffmem.schemas import VerifyFile, write_result
@@ -42,7 +42,7 @@ def phase(out: Out,
           steps: Annotated[int, Opt("training steps", min=1)] = 1500, seed: Seed = 0, quiet: Quiet = False) -> dict:
     """Phase diagram over samples per cluster and hidden units: ``DIR/phase.json`` + ``DIR/phase.png``."""
     check_out(out)
-    result = phase_grid(n_per_cluster, units, sigmas, lam=lam, steps=steps, seed=seed, quiet=quiet)
+    result = phase_grid(PhaseGrid(tuple(n_per_cluster), tuple(units), tuple(sigmas), lam=lam, steps=steps), seed, quiet)
     with output_dir(out) as tmp:
         write_json(tmp / "phase.json", result)
         plot_phase(result, tmp)
@@ -60,8 +60,7 @@ def weights(out: Out, data: Annotated[str, Opt("'fashion-mnist', an image folder
     ReLU-DAE: ``DIR/weights.json`` + weight-column images and representation bars for both models."""
     check_out(out)
     x = torch.from_numpy(load_images(data, limit=max(n, n_large) + 256))
-    stats, models = image_models(x, n, n_large, p, sigma=sigma, lam=lam, steps=steps, seed=seed,
-                                 quiet=quiet)
+    stats, models = image_models(x, ImageDAEs(n, n_large, p, sigma, lam, steps), seed, quiet)
     with output_dir(out) as tmp:
         plot_weights(models, tuple(x.shape[1:]) if x.shape[1] > 1 else tuple(x.shape[2:]), tmp)
         write_json(tmp / "weights.json", {"data": str(data), "seed": seed, "models": stats})

@@ -79,9 +79,10 @@ def represent(adapter: Adapter, x: torch.Tensor, layers: Sequence[str], t: float
 
 
 def spikiness(adapter: Adapter, x: torch.Tensor, keys: Sequence[str], layer: str | None = None,
-              t: float | None = None, pool: str | None = None, seed: int = 0, repeats: int = 1,
-              cond=None) -> dict[str, torch.Tensor]:
-    """Every statistic (B,) of the pooled ``layer`` of images x, averaged over ``repeats`` noise draws.
+              t: float | None = None, pool: str | None = None, seed: int = 0, repeats: int = 1
+              ) -> dict[str, torch.Tensor]:
+    """Every statistic (B,) of the pooled ``layer`` of images x (null condition), averaged over
+    ``repeats`` noise draws.
 
     ``keys`` (one string per image, e.g. its sha256) seed each image's noise. An image whose activations
     are not finite gets NaN statistics (callers refuse or record them: the scan writes an error row).
@@ -98,7 +99,7 @@ def spikiness(adapter: Adapter, x: torch.Tensor, keys: Sequence[str], layer: str
         if z is None:
             with torch.no_grad():
                 z = adapter.prepare(x)
-        v = forward(adapter, x, t, gens, [layer], cond, early_exit=True, z=z).pooled(pool)[layer]   # (B, C)
+        v = forward(adapter, x, t, gens, [layer], early_exit=True, z=z).pooled(pool)[layer]   # (B, C)
         v[~torch.isfinite(v).all(dim=1)] = float("nan")
         for k, s in all_stats(v).items():
             totals[k] = totals.get(k, 0) + s / repeats

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from diffmem.errors import check
@@ -10,10 +12,22 @@ from diffmem.theory.model import ReLUDAE, check_hyper
 from diffmem.theory.train import DAESpec, TrainConfig, train_grid
 
 
-def image_models(images: torch.Tensor, n_small: int, n_large: int, p: int, sigma: float = 0.2,
-                 lam: float = 1e-4, steps: int = 2000, seed: int = 0, quiet: bool = False
+@dataclass(frozen=True)
+class ImageDAEs:
+    """The two image ReLU-DAEs: ``n_small`` images (memorizing) and ``n_large`` (generalizing), ``p`` hidden
+    units each, noise ``sigma`` (per pixel, images in [-1, 1]), weight decay ``lam``, ``steps``."""
+
+    n_small: int = 16
+    n_large: int = 2000
+    p: int = 16
+    sigma: float = 5.0
+    lam: float = 0.1
+    steps: int = 3000
+
+
+def image_models(images: torch.Tensor, cfg: ImageDAEs = ImageDAEs(), seed: int = 0, quiet: bool = False
                  ) -> tuple[dict, dict[str, tuple[ReLUDAE, torch.Tensor]]]:
-    """Train a memorizing model on ``n_small`` images and a generalizing one on ``n_large``.
+    """Train a memorizing model on ``cfg.n_small`` images and a generalizing one on ``cfg.n_large``.
 
     ``images`` (N, C, H, W) in [-1, 1] are flattened to d = C·H·W and centred by the mean of the
     training images (uncentred images all share a background, so every unit would fire on every
@@ -24,6 +38,7 @@ def image_models(images: torch.Tensor, n_small: int, n_large: int, p: int, sigma
     strong noise makes units selective (measured: mean best column–image cosine 0.61 at σ = 0.2,
     0.91 at σ = 5, 16 images, 16 units). Returns per-model statistics and the models with their data.
     """
+    n_small, n_large, p, sigma, lam, steps = cfg.n_small, cfg.n_large, cfg.p, cfg.sigma, cfg.lam, cfg.steps
     check_hyper(sigma, lam, p)
     check(images.ndim == 4, f"images: expected (N, C, H, W), got shape {tuple(images.shape)}")
     check(n_small >= 1 and n_large >= 1, "n: must be >= 1")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +19,32 @@ from diffmem.theory.train import DAESpec, TrainConfig, train_grid
 METRICS = ("frac_aligned", "rep_std_train", "denoise_err_heldout", "generalization_gap")
 
 
-def phase(n_per_cluster=(1, 2, 4, 8, 16, 32, 64), units=(4, 8, 16, 32), sigmas=(0.05,),
-          clusters: int = 4, rank: int = 2, d: int = 32, lam: float = 1e-3, steps: int = 1500,
-          seed: int = 0, quiet: bool = False) -> dict:
-    """Train one model per (σ, n_k, p) in a single batched run and measure each.
+@dataclass(frozen=True)
+class PhaseGrid:
+    """The phase diagram's grid: ``n_per_cluster`` training samples per cluster × ``units`` hidden units ×
+    noise levels ``sigmas``, on ``clusters`` rank-``rank`` clusters in ``d`` dimensions, weight decay
+    ``lam``, ``steps`` training steps."""
+
+    n_per_cluster: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    units: tuple[int, ...] = (4, 8, 16, 32)
+    sigmas: tuple[float, ...] = (0.05,)
+    clusters: int = 4
+    rank: int = 2
+    d: int = 32
+    lam: float = 1e-3
+    steps: int = 1500
+
+
+def phase(grid: PhaseGrid = PhaseGrid(), seed: int = 0, quiet: bool = False) -> dict:
+    """Train one model per (σ, n_k, p) of ``grid`` in a single batched run and measure each.
 
     Returns ``{"grid": [{"sigma", "n_per_cluster", "p", "frac_aligned", "rep_std_train",
     "denoise_err_train", "denoise_err_heldout", "generalization_gap"}, ...], "settings": {...}}``.
     ``frac_aligned`` is the fraction of live columns whose cosine to one training sample is ≥ 0.99
     (memorization); ``generalization_gap`` = held-out − training denoising error.
     """
+    n_per_cluster, units, sigmas, clusters, rank, d, lam, steps = (
+        grid.n_per_cluster, grid.units, grid.sigmas, grid.clusters, grid.rank, grid.d, grid.lam, grid.steps)
     for s in sigmas:
         check_hyper(s, lam, min(units))
     check(all(n >= 1 for n in n_per_cluster), "n_per_cluster: every value must be >= 1")
