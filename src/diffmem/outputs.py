@@ -94,9 +94,12 @@ def jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON (keys kept in insertion order) and return the path."""
+    """Write ``obj`` as indented JSON (keys kept in insertion order) and return the path. The file is
+    replaced atomically (a sibling temporary file, then a rename), so a reader never sees half of it."""
     path = Path(path)
-    path.write_text(json.dumps(jsonable(obj), indent=2) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(jsonable(obj), indent=2) + "\n")
+    os.replace(tmp, path)
     return path
 
 

@@ -70,6 +70,11 @@ def share_ci(flags, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> t
 RATIO_BANDS = ((1 / 3, 0.5), (0.5, 0.7), (0.7, float("inf")))    # d1/d2 of non-copies: near copies … clear
 
 
+def band_label(key: str) -> str:
+    """A ``fpr_by_ratio`` key (``"0.333-0.5"``, ``"0.7-inf"``) as text: ``0.333–0.5``, ``0.7+``."""
+    return key.replace("-inf", "+").replace("-", "–")
+
+
 def flag_quality(flags, copies, ratio=None) -> dict:
     """Precision and recall of ``flags`` (N,) against exact copy labels ``copies`` (N,) (None when
     undefined: nothing flagged / no copy), ``n_copies``, and the false-positive rate on the samples
@@ -289,7 +294,7 @@ def verdict(r: dict) -> str:
                  f"and {rc} of the copies are flagged.")
         if r.get("fpr_generated_non_copies") is not None:
             text += f" Of the samples that copy nothing, {100 * r['fpr_generated_non_copies']:.1f}% are flagged"
-            bands = [f"{100 * b['fpr']:.1f}% at d1/d2 {k.replace('-inf', '+').replace('-', '–')}"
+            bands = [f"{100 * b['fpr']:.1f}% at d1/d2 {band_label(k)}"
                      for k, b in (r.get("fpr_by_ratio") or {}).items() if b["fpr"] is not None]
             text += f" ({'; '.join(bands)})." if bands else "."
     return text

@@ -146,6 +146,7 @@ class FusionDetector(Params):
         """The label-free detector: −log ‖ε̂ − ε‖² at ``t`` (default: the family's), low residual =
         memorized. Nothing is fitted; :meth:`calibrate` on held-out real images sets its threshold."""
         det = cls(adapter, ts=(adapter.default_t if t is None else t,), fpr=fpr, seed=seed, batch_size=batch_size)
+        det._check_params()
         det.t_, det.features_ = det.ts[0], [RESIDUAL]
         det.mean_, det.scale_, det.coef_, det.intercept_ = np.zeros(1), np.ones(1), -np.ones(1), 0.0
         det.threshold_, det.selection_, det.calibration_ = float("inf"), [], {"kind": "none"}
@@ -254,6 +255,7 @@ class FusionDetector(Params):
             arrays = load_file(str(path / "detector.safetensors"))
             params = meta["params"]
             det = cls(adapter, **{**params, "ts": None if params.get("ts") is None else tuple(params["ts"])})
+            det._check_params()
             det.t_, det.features_ = meta["t"], list(meta["features"])
             det.intercept_, det.threshold_, det.fpr = float(meta["intercept"]), float(meta["threshold"]), meta["fpr"]
             det.calibration_, det.selection_ = meta.get("calibration", {}), meta.get("selection", [])

@@ -57,9 +57,7 @@ class TrainingCallback:
         before = self.monitor.alarm_step_
         self.monitor.step(model, step)
         Path(folder).mkdir(parents=True, exist_ok=True)
-        tmp = Path(folder) / ".monitor.json.tmp"
-        self.monitor.save(tmp)
-        tmp.replace(Path(folder) / "monitor.json")
+        self.monitor.save(Path(folder) / "monitor.json")                    # atomic (outputs.write_json)
         if before is None and self.monitor.alarm_step_ is not None and not self.quiet:
             print(f"diffmem monitor: memorization alarm at step {step}", file=sys.stderr)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from diffmem.detect.audit import band_label
 from diffmem.errors import DiffmemError
 from diffmem.schemas import (AuditFile, BenchFile, MonitorFile, SteerFile, TuningFile, VerifyFile,
                              read_result)
@@ -131,7 +132,7 @@ def _verdict(audit: dict) -> dict:
     if audit.get("fpr_generated_non_copies") is not None:
         numbers.append(("FPR on generated non-copies", _pct(audit["fpr_generated_non_copies"])))
         for band, b in (audit.get("fpr_by_ratio") or {}).items():
-            numbers.append((f"… at d1/d2 {band.replace('-inf', '+').replace('-', '–')} (n = {b['n']:,})", _pct(b["fpr"])))
+            numbers.append((f"… at d1/d2 {band_label(band)} (n = {b['n']:,})", _pct(b["fpr"])))
     if audit.get("precision") is not None or audit.get("recall") is not None:
         numbers += [("precision", _pct(audit.get("precision"))), ("recall", _pct(audit.get("recall")))]
     numbers.append(("calibrated on", audit.get("calibration", "—")))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -86,7 +86,8 @@ class SteerConfig:
 class Concept:
     """What the vector is fitted on and how a steered image is scored: positives and negatives (N, C, H, W)
     with their conditions (one per image, or None), ``score`` (images → (B,) in [0, 1]) and its ``measure``,
-    the ``target`` class (or None), the ``attribute`` name (or None) and the ``word`` prompts must not name."""
+    the ``target`` class (or None), the ``attribute`` name (or None), the ``word`` prompts must not name,
+    the resolved ``negative`` spec (None: the plain mean) and the scoring classifier's test accuracy."""
 
     positives: torch.Tensor
     negatives: torch.Tensor | None
@@ -97,7 +98,8 @@ class Concept:
     target: int | None = None
     attribute: str | None = None
     word: str | None = None
-    extra: dict = field(default_factory=dict)
+    negative: str | None = None
+    classifier_test_accuracy: float | None = None
 
 
 @dataclass
@@ -167,7 +169,7 @@ def pixel_concept(adapter: Adapter, cfg: SteerConfig) -> Concept:
         return Concept(pos, neg if negative else None, None, None,
                        lambda im: attribute_percentile(attribute, im, measure_ref),
                        f"percentile of the {ATTRIBUTES[attribute][1]} among {len(measure_ref):,} held-out images",
-                       attribute=attribute)
+                       attribute=attribute, negative=negative)
     pos, target = resolve_concept(spec, adapter, cfg.n_concept, "concept")
     check(len(pos) > 0, f"concept={spec!r}: no images")
     negative = ("rest" if target is not None else None) if negative == "auto" else negative
@@ -176,7 +178,7 @@ def pixel_concept(adapter: Adapter, cfg: SteerConfig) -> Concept:
     scorer, accuracy = _class_scorer(target) if target is not None else (None, None)
     return Concept(pos, neg, None if read is None else [read] * len(pos), None, scorer,
                    "classifier P(concept class)" if scorer is not None else None, target=target,
-                   extra={"classifier_test_accuracy": accuracy})
+                   negative=negative, classifier_test_accuracy=accuracy)
 
 
 def _has_word(caption: str, word: str) -> bool:
@@ -208,8 +210,8 @@ def prompt_concept(adapter: Adapter, cfg: SteerConfig) -> Concept:
         measure = "classifier P(concept class) of the garment's shape"
     return Concept(held[pos_idx], held[neg_idx] if negative else None, [caps[i] for i in pos_idx],
                    [caps[i] for i in neg_idx] if negative else None, score, measure, target=target,
-                   attribute=word if word in ATTRIBUTES else None, word=word,
-                   extra={"classifier_test_accuracy": accuracy})
+                   attribute=word if word in ATTRIBUTES else None, word=word, negative=negative,
+                   classifier_test_accuracy=accuracy)
 
 
 # -- candidates ------------------------------------------------------------------------------------
@@ -230,11 +232,10 @@ def prompt_candidates(adapter: Adapter, cfg: SteerConfig, concept: Concept, targ
     template captions (kept when it copies nothing), none naming the concept word."""
     ps = record_prompts(adapter.record, per_kind=4 * cfg.n_per_group)
     kinds = {"memorized": "dup", "generalized": "generic"}
-    conds = [p for p, k in zip(ps.prompts, ps.kind) if k in kinds.values() and not _has_word(p, concept.word)]
-    kind = [k for p, k in zip(ps.prompts, ps.kind) if k in kinds.values() and not _has_word(p, concept.word)]
+    keep = [(p, k) for p, k in zip(ps.prompts, ps.kind) if k in kinds.values() and not _has_word(p, concept.word)]
+    conds, kind = [p for p, _ in keep], np.array([k for _, k in keep])
     x = sample_images(adapter, len(conds), conds, Sampler(cfg.guidance, cfg.steps), cfg.seed, quiet)
     lab = label_samples(x, *targets)
-    kind = np.array(kind)
     chosen = {g: np.flatnonzero((kind == kinds[g]) & (lab["memorized"] == (g == "memorized")))[:cfg.n_per_group]
               for g in cfg.groups}
     return conds, chosen, lab
@@ -328,11 +329,12 @@ def run_steer(adapter: Adapter, cfg: SteerConfig = SteerConfig(), quiet: bool = 
         grp.pop("_scores", None)
     all_idx = np.concatenate([v for v in chosen.values() if len(v)]) if rows else np.arange(min(8, len(lab["ratio"])))
     result = {"concept": cfg.concept, "attribute": concept.attribute, "measure": concept.measure,
-              "target_class": concept.target, "negative": "auto" if concept.negatives is not None else None,
+              "target_class": concept.target, "negative": concept.negative,
               "alphas": alphas, "steps": cfg.steps, "window": list(win), "guidance": cfg.guidance, "t": cv.t_,
               "layers": cv.layers_, "mode": cv.mode, "prompt": cfg.prompt, "seed": cfg.seed,
               "design": "prompts" if prompt_model else "pool", "candidates": len(lab["ratio"]),
-              "n_concept": len(concept.positives), **concept.extra, "groups": groups, "resist": resist,
+              "n_concept": len(concept.positives), "classifier_test_accuracy": concept.classifier_test_accuracy,
+              "groups": groups, "resist": resist,
               "break_alpha": broken[0] if broken else None, "break_rule": f"generalized mean shape IoU < {BREAK_IOU}",
               "overhead_ratio": _overhead(lambda: draw(all_idx), lambda: draw(all_idx, alphas[-1]))}
     return SteerResult(result, rows, cv)

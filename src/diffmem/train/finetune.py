@@ -97,9 +97,10 @@ def finetune(base: str | os.PathLike, images: torch.Tensor, captions: list[str],
     check(len(images) == len(captions) and len(images) >= 1, f"images: {len(images)} images, {len(captions)} captions")
     pipe = _pipeline(base)
     unet, vae, text, tok = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
-    check(tuple(images.shape[1:]) == (vae.config.in_channels, *(2 * [unet.config.sample_size * 2 ** (
-        len(vae.config.block_out_channels) - 1)])), f"images: shape {tuple(images.shape[1:])} does not match the "
-                                                    f"model's input")
+    adapter = StableDiffusionAdapter(unet, vae, text, tok, pipe.scheduler)         # the callback's view
+    size, channels = adapter.image_size, adapter.image_channels
+    check(tuple(images.shape[1:]) == (channels, size, size),
+          f"images: shape {tuple(images.shape[1:])} does not match the model's input ({channels}, {size}, {size})")
     for m in (vae, text):
         m.requires_grad_(False)
     lora = cfg.lora_rank > 0
@@ -116,7 +117,6 @@ def finetune(base: str | os.PathLike, images: torch.Tensor, captions: list[str],
                   return_tensors="pt").input_ids
         emb = text(ids)[0]                                                             # (N + 1, L, D)
         emb, null = emb[:-1], emb[-1:]
-    adapter = StableDiffusionAdapter(unet, vae, text, tok, pipe.scheduler)         # the callback's view
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     lrs = cosine_schedule(opt, cfg.steps)
