@@ -91,12 +91,17 @@ def test_every_cli_default_is_the_library_default_and_every_parameter_is_reachab
 
 
 def test_parse_errors_are_one_line_with_exit_2(capsys):
-    for argv in (["scan"], ["sample", "m", "--out", "o", "--n", "0"], ["sample", "m", "--out", "o", "--guidance", "inf"],
-                 ["theory", "phase", "--out", "o", "--sigmas", "nan"], ["steer", "--out", "o", "--alphas", "0,,1"],
-                 ["bench", "--out", "o", "--calib-frac", "1.5"], ["nonsense"], ["scan", "m", "i", "--out", "o", "--pool", "x"]):
+    for argv, words in ((["scan"], "required: MODEL_DIR, IMAGES, --out"),
+                        (["sample", "m", "--out", "o", "--n", "0"], "--n 0: must be >= 1"),
+                        (["sample", "m", "--out", "o", "--guidance", "inf"], "--guidance inf: must be finite"),
+                        (["theory", "phase", "--out", "o", "--sigmas", "nan"], "--sigmas nan: must be finite"),
+                        (["steer", "--out", "o", "--alphas", "0,,1"], "--alphas '0,,1': expected a comma-separated"),
+                        (["bench", "--out", "o", "--calib-frac", "1.5"], "--calib-frac 1.5: must be <= 0.95"),
+                        (["nonsense"], "invalid choice: 'nonsense'"),
+                        (["scan", "m", "i", "--out", "o", "--pool", "x"], "--pool 'x': one of spatial_max")):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("diffmem: error:"), (argv, err)
+        assert len(err) == 1 and err[0].startswith("diffmem: error:") and words in err[0], (argv, err)
 
 
 def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path, capsys):
@@ -117,8 +122,9 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path, capsys
 
 def test_help_and_version_exit_zero(capsys):
     assert main(["--help"]) == 0 and "diffmem" in capsys.readouterr().out
-    assert main(["bench", "--help"]) == 0
+    assert main(["bench", "--help"]) == 0 and "diffmem bench" in capsys.readouterr().out
     assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"diffmem {diffmem.__version__}"
 
 
 def test_out_is_checked_before_any_work(tmp_path, capsys):
@@ -132,19 +138,19 @@ def test_out_is_checked_before_any_work(tmp_path, capsys):
 
 def test_module_entry_point_runs():
     r = subprocess.run([sys.executable, "-m", "diffmem", "--version"], capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.startswith("diffmem ")
+    assert r.returncode == 0 and r.stdout.strip() == f"diffmem {diffmem.__version__}"
 
 
-def test_quiet_silences_progress_bars(tmp_path):
-    """--quiet: nothing on stderr; without it the sampler's progress bar shows."""
+def test_quiet_silences_progress_bars(tmp_path, capfd):
+    """--quiet: nothing on stderr (file-descriptor level, so library output too); without it the
+    sampler's progress bar shows."""
     from diffmem.models.tiny import SAVERS
     model = SAVERS["unet2d"](tmp_path / "m", num_classes=None, seed=0)
-    base = [sys.executable, "-m", "diffmem", "sample", str(model), "--n", "2", "--steps", "2"]
-    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    quiet = subprocess.run(base + ["--quiet", "--out", str(tmp_path / "q")], capture_output=True, text=True, env=env)
-    loud = subprocess.run(base + ["--out", str(tmp_path / "l")], capture_output=True, text=True, env=env)
-    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
-    assert quiet.stderr == "" and "sample" in loud.stderr
+    base = ["sample", str(model), "--n", "2", "--steps", "2"]
+    assert main(base + ["--quiet", "--out", str(tmp_path / "q")]) == 0
+    assert capfd.readouterr().err == ""
+    assert main(base + ["--out", str(tmp_path / "l")]) == 0
+    assert "sample" in capfd.readouterr().err
 
 
 def test_same_seed_same_numbers_different_seed_different(tmp_path):

@@ -4,6 +4,7 @@ must give exit status 2, exactly one stderr line starting ``diffmem: error:``, n
 file written."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,7 @@ def test_arrays_are_read_by_dtype_never_by_values():
     assert array_to_model_range(np.array([[-1.0005, 1.0]], np.float32), "a").min() == -1.0   # tolerance
     for bad in (np.zeros((2, 2), np.int32), np.zeros((2, 2), bool), np.zeros((2, 2), complex),
                 np.zeros(2, dtype=[("a", "f4")])):
-        with pytest.raises(DiffmemError):
+        with pytest.raises(DiffmemError, match=r"^a: "):
             array_to_model_range(bad, "a")
 
 
@@ -136,11 +137,11 @@ def _argv(words, valid, out, extra):
     return argv + extra
 
 
-def _assert_refused(capsys, code, out):
+def _assert_refused(capsys, code, out, words: str = ""):
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert code == 2, captured.err
-    assert len(lines) == 1 and lines[0].startswith("diffmem: error:"), lines
+    assert len(lines) == 1 and lines[0].startswith("diffmem: error:") and words in lines[0], (lines, words)
     assert "Traceback" not in captured.err + captured.out
     assert not out.exists()
 
@@ -152,7 +153,7 @@ def test_fuzz_every_option_with_bad_values(valid, capsys, case):
     words, flag, value = case
     out = valid["root"] / "never"
     code = main(_argv(words, valid, out, [flag, value]))
-    _assert_refused(capsys, code, out)
+    _assert_refused(capsys, code, out, flag)                  # the error names the option
 
 
 def test_fuzz_covers_every_command_with_options():
@@ -282,12 +283,14 @@ def test_corpus_of_malformed_inputs(corpus, capsys):
         out = root / f"out_{name}"
         if name == "out_is_a_file_below":
             out = root / "afile" / "below"
-        code = main([*argv, "--quiet", "--out", str(out)] if name != "out_is_a_file_below"
-                    else [*argv, "--out", str(out)])
+        full = [*argv, "--quiet", "--out", str(out)] if name != "out_is_a_file_below" else [*argv, "--out", str(out)]
+        code = main(full)
         captured = capsys.readouterr()
         lines = captured.err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("diffmem: error:"), (name, captured.err)
         assert "Traceback" not in captured.err and not out.exists(), name
+        named = {Path(a).name for a in full if "/" in a} | {a for a in full if a.startswith("--")}
+        assert any(n in lines[0] for n in named), (name, lines[0])        # it names the input or the option
         if name == "pickle_weights":
             assert "--allow-pickle" in lines[0]
         if name.startswith("monitor_mixed"):
@@ -304,7 +307,7 @@ def test_a_failing_command_leaves_no_empty_parent_folders(tmp_path, capsys):
     out = tmp_path / "a" / "b" / "c"
     assert main(["scan", str(model), str(tmp_path / "bad.jsonl"), "--on-error", "fail", "--quiet",
                  "--out", str(out)]) == 2
-    capsys.readouterr()
+    assert "missing.png" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
     from diffmem.outputs import output_dir
     with pytest.raises(RuntimeError):
@@ -318,7 +321,7 @@ def test_guidance_that_blows_up_writes_nothing(tmp_path, capsys):
     out = tmp_path / "samples"
     code = main(["sample", str(model), "--n", "2", "--steps", "3", "--guidance", "1e30", "--quiet",
                  "--out", str(out)])
-    _assert_refused(capsys, code, out)
+    _assert_refused(capsys, code, out, "made the samples non-finite at step")
 
 
 def test_guidance_blow_up_names_the_step(tmp_path):

@@ -98,7 +98,7 @@ def test_train_record_and_bench_end_to_end(tiny_bench_model, tmp_path):
                       "nn_oracle", "random", DETECTOR}
     for name, row in m.items():
         assert len(row["auroc"]["per_seed"]) == 2 and row["auroc"]["mean"] == np.mean(row["auroc"]["per_seed"])
-        assert {"fpr", "tpr"} <= set(row["deployable"]) and row["forward_fraction"]["mean"] >= 0
+        assert {"fpr", "tpr"} <= set(row["deployable"])
     # the metrics can fail: the oracle is near perfect, random near chance (3 memorized groups: wide band)
     assert m["nn_oracle"]["auroc"]["mean"] > 0.98
     assert abs(m["random"]["auroc"]["mean"] - 0.5) < 0.25
@@ -148,11 +148,10 @@ def test_deployable_thresholds_are_fitted_on_data_disjoint_from_the_report(tiny_
     assert len(seen) >= 2 * 10                                          # two thresholds per method
     for fitted in seen:
         assert len(fitted) in (n_cal_neg, n_ref)                         # calibration negatives or references
-    for col in [c for c in rep.columns if c.startswith("score_")]:
-        report_scores = set(np.round(rep[col].to_numpy(), 12))
-        for fitted in seen:
-            if len(fitted) == len(rep):                                  # never the report's own scores
-                assert set(np.round(fitted, 12)) != report_scores
+    report_scores = {c: set(np.round(rep[c].dropna().to_numpy(), 12)) for c in rep.columns if c.startswith("score_")}
+    assert sum(len(v) for v in report_scores.values()) > 100
+    for fitted in seen:                                                  # no report score was ever fitted on
+        assert all(not set(np.round(fitted, 12)) & v for v in report_scores.values())
 
 
 @needs_fmnist

@@ -1,18 +1,9 @@
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from diffmem.cli import main
-
-
-def run_cli(*args):
-    """Run the CLI in a subprocess; return (exit code, stdout, stderr)."""
-    p = subprocess.run([sys.executable, "-m", "diffmem", *args], capture_output=True, text=True,
-                       env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
-    return p.returncode, p.stdout, p.stderr
 
 
 def test_verify_quick_meets_the_closed_forms(tmp_path):
@@ -35,15 +26,22 @@ def test_phase_weights_diffusion_write_their_files(tmp_path, image_folder):
                  "--quiet", "--out", str(out)]) == 0
     phase = json.loads((out / "phase.json").read_text())
     assert len(phase["grid"]) == 4 and (out / "phase.png").exists()
+    gap = {n: [c["generalization_gap"] for c in phase["grid"] if c["n_per_cluster"] == n] for n in (1, 8)}
+    assert min(gap[1]) > 3 * max(gap[8])          # one image per cluster memorizes (measured 0.28 vs 0.042)
     assert main(["theory", "weights", "--data", str(image_folder), "--n", "4", "--n-large", "8", "--p", "8",
                  "--steps", "20", "--quiet", "--out", str(out)]) == 0
     w = json.loads((out / "weights.json").read_text())
     assert set(w["models"]) == {"memorizing", "generalizing"}
+    mem, gen = (w["models"][k]["rep_train"] for k in ("memorizing", "generalizing"))
+    assert mem["std"] > 1.3 * gen["std"]          # the memorizing DAE's representations are spikier (2.94 vs 1.64)
     assert (out / "weights_memorizing.png").exists() and (out / "representations_generalizing.png").exists()
     assert main(["theory", "diffusion", "--data", str(image_folder), "--n", "8", "--steps", "20",
                  "--samples", "4", "--sample-steps", "5", "--quiet", "--out", str(out)]) == 0
     d = json.loads((out / "diffusion.json").read_text())
-    assert 0.0 <= d["copy_fraction"] <= 1.0 and len(d["per_sample"]) == 4
+    assert len(d["per_sample"]) == 4
+    for r in d["per_sample"]:
+        assert r["ratio"] == pytest.approx(r["d1"] / r["d2"]) and r["d1"] <= r["d2"]
+    assert d["copy_fraction"] == np.mean([r["ratio"] < 1 / 3 for r in d["per_sample"]])
 
 
 def test_same_seed_same_numbers(tmp_path, image_folder):
@@ -65,7 +63,7 @@ def nan_npy(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["sigma0", "lam", "p0", "nan", "notimage", "missing", "corrupt"])
-def test_bad_input_one_line_nonzero_nothing_written(case, tmp_path, image_folder, nan_npy):
+def test_bad_input_one_line_nonzero_nothing_written(case, tmp_path, image_folder, nan_npy, capfd):
     out = tmp_path / "out"
     base = ["theory", "weights", "--n", "4", "--n-large", "8", "--steps", "5", "--quiet", "--out", str(out)]
     txt = tmp_path / "notes.txt"
@@ -78,10 +76,13 @@ def test_bad_input_one_line_nonzero_nothing_written(case, tmp_path, image_folder
              "notimage": ["--data", str(txt)],
              "missing": ["--data", str(tmp_path / "nope")],
              "corrupt": ["--data", str(image_folder)]}[case]
-    code, stdout, stderr = run_cli(*base, *extra)
-    assert code != 0
+    code = main([*base, *extra])
+    stderr = capfd.readouterr().err                             # file-descriptor level: library output too
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("diffmem: error:"), stderr
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("diffmem: error:"), stderr
+    assert {"sigma0": "--sigma 0: must be > 0", "lam": "--lam -1: must be >= 0", "p0": "--p 0: must be >= 1",
+            "nan": "nan.npy: contains NaN", "notimage": "notes.txt: IMAGES must be a folder",
+            "missing": "nope: no such file or folder", "corrupt": "broken.png: not a readable image"}[case] in lines[0]
     assert not out.exists()
     assert not list(tmp_path.glob(".out.*"))
 
@@ -93,3 +94,5 @@ def test_weights_at_the_documented_minimum(tmp_path, image_folder):
                  "--steps", "5", "--quiet", "--out", str(out)]) == 0
     w = json.loads((out / "weights.json").read_text())
     assert w["models"]["memorizing"]["n"] == 3 and (out / "representations_memorizing.png").exists()
+    rep = w["models"]["memorizing"]["rep_train"]
+    assert rep["max_over_mean"] / rep["max_over_sum"] == pytest.approx(4)     # sum / mean = the p = 4 units

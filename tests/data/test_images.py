@@ -88,7 +88,8 @@ def test_nhwc_arrays_are_read_as_images_everywhere(tmp_path):
     arr = np.random.default_rng(1).integers(0, 256, (3, 12, 12, 3), dtype=np.uint8)
     np.save(tmp_path / "nhwc.npy", arr)
     x = load_images(tmp_path / "nhwc.npy")                                        # train --data keeps channels
-    assert x.shape == (3, 3, 12, 12)
+    want = arr.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1               # a transpose, not a reshape
+    assert x.shape == (3, 3, 12, 12) and np.allclose(np.asarray(x), want, atol=1e-6)
 
 
 def test_mixed_sizes_need_a_size(tmp_path):
@@ -130,3 +131,5 @@ def test_pipeline_fuzz_gives_a_model_input_or_one_diffmem_error(shape, dtype, sc
     assert x.dtype == np.float32 and x.ndim == 4 and np.isfinite(x).all() and np.abs(x).max() <= 1
     assert x.shape[1] in ((1, 3) if channels is None else (channels,))
     assert size is None or x.shape[2:] == (size, size)
+    if dtype == np.uint8 and size is None and a.ndim == 4 and a.shape[1] == x.shape[1] and a.shape[-1] > 4:
+        assert np.allclose(x, a / 127.5 - 1, atol=1e-6)                           # NCHW bytes map linearly

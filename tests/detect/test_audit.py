@@ -70,7 +70,7 @@ def test_audit_of_given_images_writes_flags_and_verdict(tiny, tmp_path):
     assert main(["audit", str(model), "--images", str(imgs), "--reference", str(ref), "--train", str(imgs),
                  "--quiet", "--n-boot", "50", "--out", str(tmp_path / "b")]) == 0
     b = json.loads((tmp_path / "b" / "audit.json").read_text())
-    assert b["n_copies"] == 10 and (b["recall"] is None or 0 <= b["recall"] <= 1)
+    assert b["n_copies"] == 10 and b["recall"] == pytest.approx(b["n_flagged"] / 10)   # every sample is a copy
 
 
 def test_audit_inputs_are_checked_before_any_work(tiny, tmp_path, capsys):
@@ -79,10 +79,12 @@ def test_audit_inputs_are_checked_before_any_work(tiny, tmp_path, capsys):
              ["--images", str(imgs), "--reference", str(tmp_path / "missing")],
              ["--images", str(imgs), "--reference", str(ref), "--classes", "1"],
              ["--images", str(imgs), "--reference", str(ref), "--detector", str(tmp_path)]]
-    for extra in cases:
+    words = ["--reference: ", "missing: no such file or folder", "classes, prompts: only when sampling",
+             "not a saved detector (no detector.json)"]
+    for extra, word in zip(cases, words):
         assert main(["audit", str(model), "--quiet", "--out", str(tmp_path / "x"), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("diffmem: error:"), (extra, err)
+        assert len(err) == 1 and err[0].startswith("diffmem: error:") and word in err[0], (extra, err)
     assert not (tmp_path / "x").exists()
 
 

@@ -2,8 +2,6 @@
 loops, offline == online, the CLI and the demo's keys."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -114,21 +112,16 @@ def test_alarm_steps_follow_the_rules_on_a_recorded_history():
     assert mon.alarm_step_ == 700 and mon.summary()["checkpoints"][6]["alarm"]
 
 
-def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "diffmem", *args], capture_output=True, text=True, cwd=cwd)
-
-
 @pytest.mark.slow
 def test_train_monitor_then_offline_monitor_agree(tmp_path):
     run = tmp_path / "run"
-    r = _cli("train", "--distinct", "60", "--dup", "4x40", "--steps", "40", "--batch-size", "16", "--config",
-             "test-xs", "--size", "8", "--checkpoint-every", "20", "--monitor", "--out", str(run), "--quiet")
-    assert r.returncode == 0, r.stderr
+    from diffmem.cli import main
+    assert main(["train", "--distinct", "60", "--dup", "4x40", "--steps", "40", "--batch-size", "16", "--config",
+                 "test-xs", "--size", "8", "--checkpoint-every", "20", "--monitor", "--out", str(run), "--quiet"]) == 0
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000020", "step-000040"]
     online = json.loads((run / "monitor.json").read_text())["runs"]["run"]
-    r = _cli("monitor", str(run / "checkpoints"), "--ground-truth", "--n", "8", "--device", "cpu",
-             "--out", str(tmp_path / "m"), "--quiet")
-    assert r.returncode == 0, r.stderr
+    assert main(["monitor", str(run / "checkpoints"), "--ground-truth", "--n", "8", "--device", "cpu",
+                 "--out", str(tmp_path / "m"), "--quiet"]) == 0
     offline = json.loads((tmp_path / "m" / "monitor.json").read_text())["runs"]["run"]
     assert (tmp_path / "m" / "monitor.png").stat().st_size > 0
     assert [c["step"] for c in offline["checkpoints"]] == [20, 40]
@@ -139,9 +132,9 @@ def test_train_monitor_then_offline_monitor_agree(tmp_path):
 
 
 @pytest.mark.slow
-def test_monitor_demo_quick_writes_both_runs(tmp_path):
-    r = _cli("monitor", "--demo", "--quick", "--out", str(tmp_path / "d"), "--quiet")
-    assert r.returncode == 0, r.stderr
+def test_smoke_monitor_demo_quick_writes_both_runs(tmp_path):
+    from diffmem.cli import main
+    assert main(["monitor", "--demo", "--quick", "--out", str(tmp_path / "d"), "--quiet"]) == 0
     res = json.loads((tmp_path / "d" / "monitor.json").read_text())
     assert set(res["runs"]) == {"duplicated", "control"}
     for run in res["runs"].values():
@@ -150,14 +143,14 @@ def test_monitor_demo_quick_writes_both_runs(tmp_path):
     assert (tmp_path / "d" / "monitor.png").exists()
 
 
-def test_monitor_cli_errors_are_one_line(tmp_path):
-    r = _cli("monitor", "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "CKPT_DIR" in r.stderr
-    r = _cli("monitor", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "not a folder" in r.stderr
+def test_monitor_cli_errors_are_one_line(tmp_path, capfd):
+    from diffmem.cli import main
     (tmp_path / "empty").mkdir()
-    r = _cli("monitor", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "neither a model folder" in r.stderr
+    for args, words in (([], "CKPT_DIR"), ([tmp_path / "missing"], "not a folder"),
+                        ([tmp_path / "empty"], "neither a model folder")):
+        assert main(["monitor", *map(str, args), "--out", str(tmp_path / "o")]) == 2
+        err = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]   # library output too
+        assert len(err) == 1 and err[0].startswith("diffmem: error:") and words in err[0], (args, err)
     assert not (tmp_path / "o").exists()
 
 

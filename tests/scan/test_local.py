@@ -40,13 +40,32 @@ ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
-def clean_table(model_dir, folder, tmp_path_factory):
+def clean_out(model_dir, folder, tmp_path_factory):
+    """A finished scan (in a subprocess of one thread, like the killed ones)."""
     out = tmp_path_factory.mktemp("clean") / "out"
     subprocess.run(scan_cmd(model_dir, folder, out), check=True, env=ENV, capture_output=True)
-    return pd.read_parquet(out / "scores.parquet")
+    return out
 
 
-@pytest.mark.parametrize("kill_after_parts", [0, 1, 3, 4])
+@pytest.fixture(scope="module")
+def clean_table(clean_out):
+    return pd.read_parquet(clean_out / "scores.parquet")
+
+
+def finished_copy(clean_out, tmp_path):
+    """A copy of the finished scan's folder, to be scanned into again."""
+    import shutil
+    return shutil.copytree(clean_out, tmp_path / "o")
+
+
+def scan_main(capfd, model_dir, folder, out, *extra):
+    """The scan command in this process: (exit status, stderr lines)."""
+    from diffmem.cli import main
+    code = main(scan_cmd(model_dir, folder, out, *extra)[3:])
+    return code, [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+
+
+@pytest.mark.parametrize("kill_after_parts", [0, 3])
 def test_killed_scan_resumes_to_the_clean_table(model_dir, folder, clean_table, tmp_path, kill_after_parts):
     out = tmp_path / "out"
     proc = subprocess.Popen(scan_cmd(model_dir, folder, out), env=ENV, stdout=subprocess.DEVNULL,
@@ -64,7 +83,7 @@ def test_killed_scan_resumes_to_the_clean_table(model_dir, folder, clean_table, 
     assert done < 6
     # a half-written part never counts: every committed part reads back whole
     for f in (out / "parts").glob("part-*.parquet") if done else []:
-        assert len(pd.read_parquet(f)) in (16, 96 % 16 or 16)
+        assert len(pd.read_parquet(f)) == 16
     r = subprocess.run(scan_cmd(model_dir, folder, out, "--resume"), env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     table = pd.read_parquet(out / "scores.parquet")
@@ -73,28 +92,25 @@ def test_killed_scan_resumes_to_the_clean_table(model_dir, folder, clean_table, 
     assert table["index"].tolist() == list(range(96))
 
 
-def test_restart_without_resume_is_refused(model_dir, folder, tmp_path):
-    out = tmp_path / "o"
-    subprocess.run(scan_cmd(model_dir, folder, out), check=True, env=ENV, capture_output=True)
-    r = subprocess.run(scan_cmd(model_dir, folder, out), env=ENV, capture_output=True, text=True)
-    assert r.returncode == 2 and "--resume" in r.stderr
-    r = subprocess.run(scan_cmd(model_dir, folder, out, "--resume", "--t", "20"), env=ENV, capture_output=True,
-                       text=True)
-    assert r.returncode == 2 and "cannot resume: t differs" in r.stderr
+def test_restart_without_resume_is_refused(model_dir, folder, clean_out, tmp_path, capfd):
+    out = finished_copy(clean_out, tmp_path)
+    before = (out / "scores.parquet").read_bytes()
+    code, err = scan_main(capfd, model_dir, folder, out)
+    assert code == 2 and len(err) == 1 and "--resume" in err[0]
+    code, err = scan_main(capfd, model_dir, folder, out, "--resume", "--t", "20")
+    assert code == 2 and len(err) == 1 and "cannot resume: t differs" in err[0]
+    assert (out / "scores.parquet").read_bytes() == before                  # the finished scan is untouched
 
 
-def test_resume_fingerprints_refuse_another_model_or_input_source(model_dir, folder, tmp_path):
+def test_resume_fingerprints_refuse_another_model_or_input_source(model_dir, folder, clean_out, tmp_path, capfd):
     """A resumed scan must see the same model weights, the same input keys and the same batch size."""
-    out = tmp_path / "o"
-    subprocess.run(scan_cmd(model_dir, folder, out), check=True, env=ENV, capture_output=True)
+    out = finished_copy(clean_out, tmp_path)
     other_model = SAVERS["unet2d"](tmp_path / "other", seed=1)            # same config, other weights
     fewer = write_pngs(tmp_path / "fewer", 95)
     for args, item in (([other_model, folder], "model_weights"), ([model_dir, fewer], "inputs"),
                        ([model_dir, folder, "--batch-size", "4"], "batch_size")):
-        cmd = scan_cmd(*args[:2], out, "--resume", *args[2:])         # a repeated option: the last one counts
-        r = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
-        assert r.returncode == 2 and f"cannot resume: {item} differs" in r.stderr, (item, r.stderr)
-        assert len(r.stderr.strip().splitlines()) == 1
+        code, err = scan_main(capfd, *args[:2], out, "--resume", *args[2:])   # a repeated option: the last counts
+        assert code == 2 and len(err) == 1 and f"cannot resume: {item} differs" in err[0], (item, err)
 
 
 def test_ray_engine_equals_local_engine(model_dir, tmp_path):
@@ -173,13 +189,16 @@ def test_manifest_loader_fuzz(tmp_path, text):
     man.write_text(text)
     try:
         items = list(iter_inputs(man, 8, 1))
-    except DiffmemError:
+    except DiffmemError as exc:
+        assert "m.jsonl" in str(exc)                                 # the error names the manifest
         return
     for it in items:
         try:
-            it.loader()
-        except DiffmemError:
-            pass
+            x = it.loader()
+        except DiffmemError as exc:
+            assert str(exc)
+        else:
+            assert x.shape == (1, 8, 8) and np.isfinite(x).all()
 
 
 def test_fatal_error_before_any_part_leaves_nothing(model_dir, tmp_path):
@@ -211,12 +230,11 @@ def test_engine_throughput_reports_marginal_speed_and_equal_rows(model_dir, monk
     monkeypatch.setattr(bench, "ENGINES", {k: v for k, v in bench.ENGINES.items() if v.kind == "local"})
     res = bench.engine_throughput(model_dir, 16, 32, 128, batch_size=8, part_size=64, quiet=True)
     assert res["part_size"] == 8                                 # small runs still give every worker blocks
-    for name in ("local_1_thread", "local_2_threads"):
-        assert res[name]["images_per_second"] > 0 and res[name]["startup_seconds"] >= 0
+    assert {"local_1_thread", "local_2_threads"} <= set(res)       # speeds are printed, never asserted on
     assert res["rows_equal"] and res["bit_identical"] and res["max_abs_diff"] < 1e-4
 
 
-def test_peak_rss_of_a_memmap_scan_is_measured(model_dir):
+def test_smoke_peak_rss_of_a_memmap_scan_is_measured(model_dir):
     from diffmem.scan.bench import peak_rss_mb
     assert 50 < peak_rss_mb(model_dir, 64, batch_size=16, part_size=32) < 10_000
 

@@ -110,7 +110,7 @@ def test_offline_monitor_on_full_finetune_checkpoints_gives_the_online_rows(base
         assert a["loss"]["train"] == pytest.approx(b["loss"]["train"], rel=1e-5)
 
 
-def test_finetune_demo_quick_runs_the_three_fine_tunes_with_ground_truth(base, tmp_path):
+def test_smoke_finetune_demo_quick_runs_the_three_fine_tunes_with_ground_truth(base, tmp_path):
     path, _, _ = base
     assert main(["finetune", str(path), "--demo", "--quick", "--quiet", "--out", str(tmp_path / "d")]) == 0
     res = json.loads((tmp_path / "d" / "monitor.json").read_text())

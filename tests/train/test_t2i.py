@@ -73,9 +73,12 @@ def test_plain_diffusers_loads_and_samples(tiny_t2i):
     out, _ = tiny_t2i
     pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True, safety_checker=None)
     caps = json.loads((out / "diffmem.json").read_text())["captions"]
-    img = pipe([caps[0], caps[-1]], num_inference_steps=3, guidance_scale=7.5, output_type="np",
-               generator=torch.Generator().manual_seed(0)).images
+    run = lambda prompts: pipe(prompts, num_inference_steps=3, guidance_scale=7.5, output_type="np",  # noqa: E731
+                               generator=torch.Generator().manual_seed(0)).images
+    img = run([caps[0], caps[-1]])
     assert img.shape == (2, 16, 16, 3) and np.isfinite(img).all()
+    assert np.array_equal(run([caps[0], caps[-1]]), img)        # the seed fixes the samples …
+    assert np.abs(run([caps[-1], caps[-1]])[0] - img[0]).max() > 1e-3   # … and the prompt conditions them
     assert not pipe.scheduler.config.clip_sample                 # latents are not clipped to [-1, 1]
 
 
