@@ -162,3 +162,23 @@ def test_overhead_benchmark_trains_identical_weights_with_the_monitor_on():
                    pairs=1, quiet=True)
     assert res["weights_identical"] and res["measurements"] == 2
     assert len(res["seconds_off"]) == len(res["seconds_on"]) == 1 and 0 < res["monitor_fraction"] < 1
+
+
+def test_probes_are_vae_encoded_once_while_the_vae_is_unchanged(tmp_path, monkeypatch):
+    from diffmem.models import load_adapter
+    from diffmem.models.tiny import SAVERS
+    a = load_adapter(SAVERS["stable_diffusion"](tmp_path / "sd", seed=0))
+    g = torch.Generator().manual_seed(0)
+    imgs = lambda n: torch.rand(n, 3, a.image_size, a.image_size, generator=g) * 2 - 1  # noqa: E731
+    encoded, real = [], a.vae.encode
+    def encode(x):
+        encoded.extend([len(x)] if len(x) > 1 else [])      # batch-1 encodes: the layer listing's dummy runs
+        return real(x)
+    monkeypatch.setattr(a.vae, "encode", encode)
+    mon = MemorizationMonitor(every=1, batch_size=16).fit(imgs(10), imgs(12))
+    first = mon.step(a, 1)
+    assert mon.step(a, 2)["loss"] == first["loss"] and encoded == [16, 6]      # encoded once, same rows
+    with torch.no_grad():
+        next(a.vae.parameters()).mul_(1.5)                                      # the VAE changed: encode again
+    mon.step(a, 3)
+    assert encoded == [16, 6, 16, 6]

@@ -93,10 +93,12 @@ def test_finetune_refuses_bad_input_before_training(base, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_offline_monitor_on_full_finetune_checkpoints_gives_the_online_rows(base, tmp_path):
+@pytest.mark.parametrize("rank", [0, 4])
+def test_offline_monitor_on_finetune_checkpoints_gives_the_online_rows(base, tmp_path, rank):
+    """Full-UNet checkpoints are pipeline folders; LoRA ones load onto the base named in lora.json."""
     path, x, caps = base
-    monitored_finetune(path, x[:8], caps[:8], tmp_path / "ft", Finetune(steps=4, batch_size=4, lr=1e-3,
-                       checkpoint_every=2), x[8:], FinetuneWatch(2), quiet=True)
+    monitored_finetune(path, x[:8], caps[:8], tmp_path / "ft", Finetune(steps=4, batch_size=4, lr=1e-2,
+                       lora_rank=rank, checkpoint_every=2), x[8:], FinetuneWatch(2), quiet=True)
     online = json.loads((tmp_path / "ft" / "monitor.json").read_text())["runs"]["run"]
     for name, imgs in (("probe", x[:8]), ("reference", x[8:])):
         np.save(tmp_path / f"{name}.npy", np.round((imgs.numpy() + 1) * 127.5).astype(np.uint8))
@@ -108,6 +110,12 @@ def test_offline_monitor_on_full_finetune_checkpoints_gives_the_online_rows(base
     for a, b in zip(online["checkpoints"], offline["checkpoints"]):
         assert a["spikiness"]["p"] == pytest.approx(b["spikiness"]["p"], rel=1e-6)
         assert a["loss"]["train"] == pytest.approx(b["loss"]["train"], rel=1e-5)
+    assert online["checkpoints"][0]["loss"]["train"] != online["checkpoints"][1]["loss"]["train"]   # it trained
+    if rank:                                        # the LoRA weights are in the loaded checkpoint's forward
+        from diffmem.models import load_adapter
+        z = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+        eps = [load_adapter(p).predict_eps(z, 500) for p in (path, tmp_path / "ft" / "checkpoints" / "step-000004")]
+        assert (eps[0] - eps[1]).abs().max() > 1e-4
 
 
 def test_smoke_finetune_demo_quick_runs_the_three_fine_tunes_with_ground_truth(base, tmp_path):

@@ -52,11 +52,31 @@ def _read(path: Path) -> dict:
     return data
 
 
+LORA = "lora.json"          # a LoRA checkpoint folder: {"base": model folder, "rank": R} + LORA_WEIGHTS
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+def lora_base(path: Path) -> Path | None:
+    """The base model folder of the LoRA checkpoint ``path`` (``lora.json`` + :data:`LORA_WEIGHTS`, as
+    ``diffmem finetune --lora-rank`` writes), or None when ``path`` is not one."""
+    if not (path / LORA).is_file():
+        return None
+    base = _read(path / LORA).get("base")
+    check(isinstance(base, str) and (path / LORA_WEIGHTS).is_file(),
+          f"{path / LORA}: a LoRA checkpoint names its base model folder ('base') next to {LORA_WEIGHTS}")
+    base = Path(base) if Path(base).is_absolute() else (path / base)
+    check(base.is_dir() and not (base / LORA).exists(), f"{path / LORA}: base {base} is not a model folder")
+    return base
+
+
 def detect_family(path: str | os.PathLike) -> str:
-    """The family of the model folder ``path``; error if it is not one diffmem knows."""
+    """The family of the model folder ``path`` (a LoRA checkpoint: its base's); error if it is not one
+    diffmem knows."""
     path = Path(path)
     if not path.is_dir():
         raise DiffmemError(f"{path}: no such model folder")
+    if lora_base(path) is not None:
+        return detect_family(lora_base(path))
     for name, table in (("model_index.json", _PIPELINES), ("config.json", _MODELS)):
         if (path / name).exists():
             cls = _read(path / name).get("_class_name")
@@ -108,6 +128,7 @@ def architecture(path: str | os.PathLike) -> dict:
     ``config.json`` without the ``_``-prefixed bookkeeping keys)."""
     path = Path(path)
     family = detect_family(path)
+    path = lora_base(path) or path                      # a LoRA keeps its base's architecture
     for sub in ("unet", "transformer", "."):
         if (path / sub / "config.json").exists():
             cfg = _read(path / sub / "config.json")
@@ -166,6 +187,8 @@ def load_adapter(path: str | os.PathLike, allow_pickle: bool = False, device: st
     path = Path(path)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     family = detect_family(path)
+    if lora_base(path) is not None:
+        return _load_lora(path, allow_pickle, device, dtype)
     record = ModelRecord.read(path)
     quiet_libraries()
     import diffusers
@@ -199,6 +222,18 @@ def load_adapter(path: str | os.PathLike, allow_pickle: bool = False, device: st
         adapter = UNet2DAdapter(_component(diffusers.UNet2DModel, root, allow_pickle), _scheduler(path),
                                 null_class=None if record is None else record.null_class, path=path, record=record)
     return adapter.to(dev, dt)
+
+
+def _load_lora(path: Path, allow_pickle: bool, device: str, dtype: str) -> Adapter:
+    """The base model with the LoRA checkpoint ``path`` loaded into its denoiser (peft, as
+    ``pipe.load_lora_weights`` does); the adapter's ``path`` is the checkpoint, it has no record."""
+    adapter = load_adapter(lora_base(path), allow_pickle, "cpu", "float32")
+    try:
+        adapter.denoiser.load_lora_adapter(str(path), prefix="unet", weight_name=LORA_WEIGHTS)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise DiffmemError(f"{path / LORA_WEIGHTS}: not LoRA weights of its base ({type(exc).__name__}: {exc})") from None
+    adapter.path, adapter.record = path, None
+    return adapter.to(resolve_device(device), resolve_dtype(dtype))
 
 
 WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".txt", ".model")

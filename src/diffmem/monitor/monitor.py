@@ -102,6 +102,7 @@ class MemorizationMonitor(Params):
               f"need >= 8 of each")
         self.history_: list[dict] = []
         self._wrapped: tuple | None = None      # (model, its adapter): rebuilt when another model comes
+        self._z: tuple | None = None            # (VAE key, encoded batches): see _prepared
         return self
 
     def settings(self) -> dict:
@@ -137,11 +138,9 @@ class MemorizationMonitor(Params):
         t_spike = adapter.default_t if self.t is None else self.t
         loss_ts = self.loss_ts if self.loss_ts is not None else adapter.t_grid[::2]   # 10, 50, 200 for diffusers
         ts = sorted(set(loss_ts) | {t_spike})
-        x = torch.cat([self.probe_, self.reference_])                                    # (N, C, H, W)
         loss = {t: [] for t in loss_ts}
         spikes = {name: [] for name in layers}
-        for i in range(0, len(x), self.batch_size):
-            z = adapter.prepare(x[i:i + self.batch_size])                             # (B, C', H', W')
+        for i, z in zip(range(0, len(self.keys_), self.batch_size), self._prepared(adapter)):   # z: (B, C', H', W')
             eps = gaussian_like(z, generators(self.seed, self.keys_[i:i + self.batch_size]))
             for t in ts:
                 f = forward(adapter, None, t, eps, layers if t == t_spike else [], z=z)
@@ -165,6 +164,20 @@ class MemorizationMonitor(Params):
                      "gap": welch["gap"], "welch_p": welch["p"], "excess": loss_tail["excess"], "tail_p": loss_tail["p"]},
             "stable_rank": {"mean": float(np.mean(list(weights.values()))), "per_weight": weights},
         }
+
+    def _prepared(self, adapter: Adapter) -> list[torch.Tensor]:
+        """The probes' and references' model inputs in batches (``adapter.prepare``). A VAE encode is
+        done once and kept while the VAE is the same module with unchanged weights (every fine-tuning
+        recipe freezes it; an in-place update bumps a parameter's version and re-encodes)."""
+        vae = getattr(adapter, "vae", None)
+        key = None if vae is None else (id(vae), sum(p._version for p in vae.parameters()), adapter.device)
+        if key is None or self._z is None or self._z[0] != key:
+            x = torch.cat([self.probe_, self.reference_])                                # (N, C, H, W)
+            z = [adapter.prepare(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
+            if key is None:
+                return z
+            self._z = (key, z)
+        return self._z[1]
 
     # -- alarms ---------------------------------------------------------------------------
     def alarms(self) -> dict[str, int | None]:

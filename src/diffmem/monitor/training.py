@@ -63,12 +63,13 @@ class TrainingCallback:
 
 
 def _is_model(folder: Path) -> bool:
-    return (folder / "model_index.json").exists() or (folder / "config.json").exists()
+    from diffmem.models.load import LORA
+    return any((folder / f).exists() for f in ("model_index.json", "config.json", LORA))
 
 
 def checkpoint_folders(paths: Sequence[str | Path]) -> list[tuple[Path, int]]:
     """(model folder, training step) pairs from ``paths``, sorted by step: each path is a model
-    folder (it has ``model_index.json`` or ``config.json``) or a folder of them (e.g.
+    folder (it has ``model_index.json``, ``config.json`` or a LoRA's ``lora.json``) or a folder of them (e.g.
     ``checkpoints/``). A lone folder with no step is step 0. Every checkpoint must be of one model:
     one family and one denoiser config (architecture, image size)."""
     out = []

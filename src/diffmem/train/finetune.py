@@ -76,13 +76,16 @@ def add_lora(unet, rank: int, seed: int):
     return [p for p in unet.parameters() if p.requires_grad]
 
 
-def save_checkpoint(folder: Path, pipe, lora: bool) -> None:
-    """A checkpoint plain diffusers loads: the whole pipeline, or the LoRA weights alone."""
-    if lora:
+def save_checkpoint(folder: Path, pipe, base: str | os.PathLike | None = None) -> None:
+    """A checkpoint plain diffusers loads: the whole pipeline, or with ``base`` (a LoRA fine-tune of that
+    model folder) the LoRA weights alone, plus ``lora.json`` naming the base (for ``diffmem monitor``)."""
+    if base is not None:
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
+        from diffmem.models.load import LORA
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
         type(pipe).save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
+        write_json(Path(folder) / LORA, {"base": str(Path(base).resolve()), "rank": pipe.unet.peft_config["default"].r})
     else:
         pipe.save_pretrained(folder, safe_serialization=True)
 
@@ -140,14 +143,14 @@ def finetune(base: str | os.PathLike, images: torch.Tensor, captions: list[str],
             losses.append(update(opt, lrs, loss, clip=1.0))
             if cfg.checkpoint_every and k % cfg.checkpoint_every == 0:
                 with output_dir(out / "checkpoints" / f"step-{k:06d}") as folder:   # kept if training dies
-                    save_checkpoint(folder, pipe, lora)
+                    save_checkpoint(folder, pipe, base if lora else None)
                 record["checkpoints"].append(k)
             if callback is not None and callback(adapter, k, out):
                 stopped = k
                 break
         bar.close()
         unet.eval()
-        save_checkpoint(tmp, pipe, lora)
+        save_checkpoint(tmp, pipe, base if lora else None)
         record.update(steps_done=stopped or cfg.steps, stopped_at=stopped, seconds=time.time() - t0,
                       final_loss=float(np.mean(losses[-50:])))
         write_json(tmp / "finetune.json", record)
