@@ -128,3 +128,14 @@ def test_smoke_finetune_demo_quick_runs_the_three_fine_tunes_with_ground_truth(b
         assert all(0 <= c["copy_fraction"] <= 1 for c in run["checkpoints"]) and "lead_steps" in run
     assert res["runs"]["control-full"]["n_images"] == 10 and (tmp_path / "d" / "monitor.png").stat().st_size > 0
 
+
+
+@pytest.mark.parametrize("rank", [0, 2])
+def test_finetune_overhead_benchmark_trains_identical_weights_with_the_monitor_on(base, rank):
+    from diffmem.monitor.bench import finetune_overhead
+    path, _, _ = base
+    res = finetune_overhead(path, Finetune(steps=4, batch_size=4, lr=1e-3, lora_rank=rank), every=2, pairs=1,
+                            n_images=8, n_reference=16, quiet=True)
+    assert res["weights_identical"] and res["measurements"] == 2 and res["lora_rank"] == rank
+    assert len(res["seconds_off"]) == len(res["seconds_on"]) == 1
+    assert res["overhead_ratio"] == sum(res["seconds_on"]) / sum(res["seconds_off"])

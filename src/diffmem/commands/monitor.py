@@ -7,7 +7,9 @@ from typing import Annotated
 
 from diffmem.commands.options import AllowPickle, Device, DType, Opt, Out, Quiet, Seed
 from diffmem.errors import check
-from diffmem.monitor.bench import OVERHEAD_RUN, overhead
+from diffmem.data.records import ASSETS
+from diffmem.monitor.bench import OVERHEAD_RUN, finetune_overhead, overhead
+from diffmem.train.finetune import Finetune
 from diffmem.monitor.demo import DEMO, QUICK, run_demo
 from diffmem.monitor.plots import plot_runs
 from diffmem.monitor.training import N_PROBE, N_REFERENCE, OfflineMonitor, monitor_checkpoints
@@ -56,12 +58,22 @@ def bench_monitor(steps: Annotated[int, Opt("training steps per run", min=2)] = 
                                             min=1)] = 500,
                   batch_size: Annotated[int, Opt("training batch", min=1)] = 64,
                   pairs: Annotated[int, Opt("off/on run pairs, alternating order", min=1)] = 2,
+                  finetune: Annotated[bool, Opt("time a fine-tune of the shipped text-to-image model on 20 of its "
+                                                "held-out items instead (e.g. --steps 400 --every 100 "
+                                                "--batch-size 16)")] = False,
+                  lora_rank: Annotated[int, Opt("with --finetune: 0 the full UNet, R a LoRA of rank R",
+                                                min=0, max=256)] = 0,
                   out: Annotated[str | None, Opt("write monitor_bench.json here", metavar="DIR")] = None,
                   seed: Seed = 0, quiet: Quiet = False) -> dict:
     """Training time with the monitor off and on (same run, one process, alternating order) and whether
     the weights are bit-identical: ``monitor_bench.json``."""
     check_out(out)
-    res = overhead(replace(OVERHEAD_RUN, steps=steps, batch_size=batch_size, seed=seed), every, pairs, quiet)
+    check(finetune or not lora_rank, "lora_rank: only with finetune=True")
+    if finetune:
+        cfg = Finetune(steps, batch_size, 1e-3 if lora_rank else 1e-4, lora_rank, seed=seed)
+        res = finetune_overhead(ASSETS / "bench" / "t2i", cfg, every, pairs, quiet=quiet)
+    else:
+        res = overhead(replace(OVERHEAD_RUN, steps=steps, batch_size=batch_size, seed=seed), every, pairs, quiet)
     print(f"monitor overhead: {res['overhead_ratio']:.3f}x training time (goal <= 1.05); time inside the monitor "
           f"{100 * res['monitor_fraction']:.1f}% ({res['seconds_per_measurement']:.2f} s per measurement); "
           f"weights identical: {res['weights_identical']}")

@@ -1,4 +1,5 @@
-"""``diffmem bench monitor``: the monitor's cost inside a training run, and proof it changes nothing."""
+"""``diffmem bench monitor``: the monitor's cost inside a training run (pixel training or a text-to-image
+fine-tune), and proof it changes nothing."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -14,18 +16,41 @@ from diffmem.monitor.training import TrainingCallback
 
 
 class _Timed:
-    """A training callback that adds its own wall time to ``seconds``."""
+    """A training callback that adds its own wall time to ``seconds`` (and returns what it returns)."""
 
-    def __init__(self, callback: TrainingCallback):
+    def __init__(self, callback):
         self.callback, self.seconds = callback, 0.0
 
-    def __call__(self, *args) -> None:
+    def __call__(self, *args):
         t = time.perf_counter()
-        self.callback(*args)
+        result = self.callback(*args)
         self.seconds += time.perf_counter() - t
+        return result
 
 
 OVERHEAD_RUN = PixelRun(distinct=2000, dup="10x100", steps=500, batch_size=64, config="bench-s", size=16)
+
+
+def _alternate(train, pairs: int) -> dict:
+    """Run ``train(folder, on) -> (weights, seconds inside the monitor, measurements)`` ``pairs`` times
+    off and on, in the order off, on, on, off, … (drift cancels), and time each run."""
+    out: dict = {"pairs": pairs, "seconds_off": [], "seconds_on": []}
+    weights, inside, count = [], 0.0, 0
+    order = [kind for p in range(pairs) for kind in (("off", "on") if p % 2 == 0 else ("on", "off"))]
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, kind in enumerate(order):
+            t0 = time.perf_counter()
+            w, seconds, n = train(Path(tmp) / str(i), kind == "on")
+            out[f"seconds_{kind}"].append(time.perf_counter() - t0)
+            weights.append(w)
+            inside, count = inside + seconds, count + n
+    out["overhead_ratio"] = sum(out["seconds_on"]) / sum(out["seconds_off"])
+    out["monitor_fraction"] = inside / sum(out["seconds_on"])
+    out["measurements"] = count
+    out["seconds_per_measurement"] = inside / max(1, count)
+    out["weights_identical"] = all(w.keys() == weights[0].keys() and all(torch.equal(w[k], weights[0][k]) for k in w)
+                                   for w in weights)
+    return out
 
 
 def overhead(run: PixelRun = OVERHEAD_RUN, every: int = 500, pairs: int = 2, quiet: bool = False) -> dict:
@@ -34,24 +59,38 @@ def overhead(run: PixelRun = OVERHEAD_RUN, every: int = 500, pairs: int = 2, qui
     ``{"seconds_off", "seconds_on"`` (lists), ``"overhead_ratio"`` (Σ on / Σ off),
     ``"monitor_fraction"`` (time inside the monitor / time of the monitored runs, timed in the run),
     ``"measurements", "seconds_per_measurement", "weights_identical"}``."""
-    out: dict = {"steps": run.steps, "every": every, "batch_size": run.batch_size, "config": run.config,
-                 "size": run.size, "pairs": pairs, "seconds_off": [], "seconds_on": []}
-    weights, inside, count = [], 0.0, 0
-    order = [kind for p in range(pairs) for kind in (("off", "on") if p % 2 == 0 else ("on", "off"))]
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, kind in enumerate(order):
-            cb = _Timed(TrainingCallback(every, seed=run.seed, quiet=True)) if kind == "on" else None
-            t0 = time.perf_counter()
-            train_unet(Path(tmp) / str(i), run, callback=cb, quiet=quiet)
-            out[f"seconds_{kind}"].append(time.perf_counter() - t0)
-            weights.append(load_file(Path(tmp) / str(i) / "unet" / "diffusion_pytorch_model.safetensors"))
-            if cb is not None:
-                inside += cb.seconds
-                count += len(cb.callback.monitor.history_) if cb.callback.monitor else 0
-    out["overhead_ratio"] = sum(out["seconds_on"]) / sum(out["seconds_off"])
-    out["monitor_fraction"] = inside / sum(out["seconds_on"])
-    out["measurements"] = count
-    out["seconds_per_measurement"] = inside / max(1, count)
-    out["weights_identical"] = all(w.keys() == weights[0].keys() and all(torch.equal(w[k], weights[0][k]) for k in w)
-                                   for w in weights)
-    return out
+    def train(folder: Path, on: bool):
+        cb = _Timed(TrainingCallback(every, seed=run.seed, quiet=True)) if on else None
+        train_unet(folder, run, callback=cb, quiet=quiet)
+        n = len(cb.callback.monitor.history_) if cb is not None and cb.callback.monitor else 0
+        return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"), cb.seconds if cb else 0.0, n
+    return {"steps": run.steps, "every": every, "batch_size": run.batch_size, "config": run.config,
+            "size": run.size, **_alternate(train, pairs)}
+
+
+def finetune_overhead(base, cfg, every: int = 100, pairs: int = 2, n_images: int = 20, n_reference: int = 100,
+                      quiet: bool = False) -> dict:
+    """:func:`overhead` for a text-to-image fine-tune (``cfg``: a :class:`~diffmem.train.finetune.Finetune`,
+    full or LoRA) of ``base`` on ``n_images`` of its held-out items, the monitor every ``every`` steps
+    against ``n_reference`` other held-out items (no ground truth: that is sampling, not monitoring)."""
+    from diffmem.data.records import record_reference_captions, record_reference_images
+    from diffmem.errors import check
+    from diffmem.models.record import ModelRecord
+    from diffmem.monitor.finetune import FinetuneMonitor, FinetuneWatch
+    from diffmem.train.finetune import finetune
+    rec = ModelRecord.read(base)
+    check(rec is not None and rec.captions is not None, f"{base}: needs a captioned training record")
+    x, caps = record_reference_images(rec)[0], record_reference_captions(rec)
+    check(len(x) >= n_images + n_reference, f"{base}: {len(x)} held-out items, need {n_images + n_reference}")
+    idx = np.random.default_rng(cfg.seed).permutation(len(x))
+    mem, ref = idx[:n_images], x[idx[n_images:n_images + n_reference]]
+
+    def train(folder: Path, on: bool):
+        cb = _Timed(FinetuneMonitor(x[mem], [caps[i] for i in mem], ref, FinetuneWatch(every), cfg.seed,
+                                    True).start()) if on else None
+        finetune(base, x[mem], [caps[i] for i in mem], folder, cfg, cb, quiet)
+        name = "pytorch_lora_weights.safetensors" if cfg.lora_rank else "unet/diffusion_pytorch_model.safetensors"
+        n = len(cb.callback.monitor_.history_) if cb is not None else 0
+        return load_file(folder / name), cb.seconds if cb else 0.0, n
+    return {"base": str(base), "steps": cfg.steps, "every": every, "batch_size": cfg.batch_size,
+            "lora_rank": cfg.lora_rank, "n_images": n_images, **_alternate(train, pairs)}
