@@ -162,3 +162,30 @@ def test_same_seed_same_numbers_different_seed_different(tmp_path):
                      "--out", str(tmp_path / name)]) == 0
         runs[name] = (tmp_path / name / "images" / "00000.png").read_bytes()
     assert runs["a"] == runs["b"] and runs["a"] != runs["c"]
+
+
+def _functions(root: pathlib.Path):
+    """(relative path, ast function node) of every function defined in the .py files under ``root``."""
+    for f in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield f.relative_to(SRC), node
+
+
+def test_commands_are_thin_and_library_functions_take_at_most_8_parameters():
+    """The house rules of issue 24: no command function longer than 40 lines; no public library function
+    (module level, no leading underscore) with more than 8 parameters, a config object counting as one."""
+    long = [f"{p}:{n.name} ({n.end_lineno - n.lineno + 1} lines)" for p, n in _functions(SRC / "commands")
+            if n.end_lineno - n.lineno + 1 > 40]
+    assert not long, long
+    wide = []
+    for f in sorted(SRC.rglob("*.py")):
+        if f.relative_to(SRC).parts[0] in ("commands", "cli.py"):
+            continue
+        for node in ast.parse(f.read_text()).body:                       # module-level functions only
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+                a = node.args
+                n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)
+                if n > 8:
+                    wide.append(f"{f.relative_to(SRC)}:{node.name} ({n})")
+    assert not wide, wide
