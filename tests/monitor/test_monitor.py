@@ -182,3 +182,5 @@ def test_probes_are_vae_encoded_once_while_the_vae_is_unchanged(tmp_path, monkey
         next(a.vae.parameters()).mul_(1.5)                                      # the VAE changed: encode again
     mon.step(a, 3)
     assert encoded == [16, 6, 16, 6]
+    mon.set_params(batch_size=8).step(a, 4)                                    # other batches: encode again
+    assert encoded == [16, 6, 16, 6, 8, 8, 6]

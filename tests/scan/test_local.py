@@ -1,6 +1,7 @@
 """Resumable scans (SIGKILL at several points), the Ray engine, and a corpus of bad inputs."""
 
 import json
+from pathlib import Path
 import signal
 import struct
 import subprocess
@@ -11,7 +12,7 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from diffmem.errors import DiffmemError
 from diffmem.models import load_adapter
@@ -184,7 +185,11 @@ def test_image_loader_fuzz(tmp_path, data, prefix):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(max_size=300))
+@example(text='{"path": "ok.png"}\n{"path": "bad.png"}')
 def test_manifest_loader_fuzz(tmp_path, text):
+    from PIL import Image
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
     man = tmp_path / "m.jsonl"
     man.write_text(text)
     try:
@@ -194,9 +199,9 @@ def test_manifest_loader_fuzz(tmp_path, text):
         return
     for it in items:
         try:
-            x = it.loader()
+            x, _ = it.loader()
         except DiffmemError as exc:
-            assert str(exc)
+            assert Path(it.path).name in str(exc), (it.path, str(exc))    # the error names the item
         else:
             assert x.shape == (1, 8, 8) and np.isfinite(x).all()
 

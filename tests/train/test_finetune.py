@@ -139,3 +139,23 @@ def test_finetune_overhead_benchmark_trains_identical_weights_with_the_monitor_o
     assert res["weights_identical"] and res["measurements"] == 2 and res["lora_rank"] == rank
     assert len(res["seconds_off"]) == len(res["seconds_on"]) == 1
     assert res["overhead_ratio"] == sum(res["seconds_on"]) / sum(res["seconds_off"])
+
+
+def test_broken_lora_checkpoints_are_refused_naming_the_file(base, tmp_path):
+    from diffmem.errors import DiffmemError
+    from diffmem.models import load_adapter
+    from diffmem.models.tiny import SAVERS
+    path, _, _ = base
+    pixel = SAVERS["unet2d"](tmp_path / "pixel", seed=0)
+    for name, spec, weights, words in (("nobase", {}, True, "names its base model folder"),
+                                       ("noweights", {"base": str(path)}, False, "names its base model folder"),
+                                       ("pixelbase", {"base": str(pixel)}, True, "is not a Stable Diffusion model"),
+                                       ("missing", {"base": str(tmp_path / "gone")}, True, "is not a model folder"),
+                                       ("emptyweights", {"base": str(path)}, True, "not LoRA weights of its base")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "lora.json").write_text(json.dumps(spec))
+        if weights:
+            (d / "pytorch_lora_weights.safetensors").write_bytes(b"")
+        with pytest.raises(DiffmemError, match=f"(lora.json|safetensors): .*{words}"):
+            load_adapter(d)

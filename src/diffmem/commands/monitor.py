@@ -9,12 +9,12 @@ from diffmem.commands.options import AllowPickle, Device, DType, Opt, Out, Quiet
 from diffmem.errors import check
 from diffmem.data.records import ASSETS
 from diffmem.monitor.bench import OVERHEAD_RUN, finetune_overhead, overhead
-from diffmem.train.finetune import Finetune
 from diffmem.monitor.demo import DEMO, QUICK, run_demo
 from diffmem.monitor.plots import plot_runs
 from diffmem.monitor.training import N_PROBE, N_REFERENCE, OfflineMonitor, monitor_checkpoints
 from diffmem.outputs import check_out, output_dir, write_json
 from diffmem.schemas import MonitorFile, write_result
+from diffmem.train.finetune import Finetune
 
 
 Checkpoints = Annotated[list, Opt("checkpoint folders, or folders of them (e.g. RUN/checkpoints)", positional=True,
@@ -66,7 +66,8 @@ def bench_monitor(steps: Annotated[int, Opt("training steps per run", min=2)] = 
                   out: Annotated[str | None, Opt("write monitor_bench.json here", metavar="DIR")] = None,
                   seed: Seed = 0, quiet: Quiet = False) -> dict:
     """Training time with the monitor off and on (same run, one process, alternating order) and whether
-    the weights are bit-identical: ``monitor_bench.json``."""
+    the weights are bit-identical: ``monitor_bench.json``; a pixel training run, or with ``--finetune`` a
+    fine-tune of the shipped text-to-image model."""
     check_out(out)
     check(finetune or not lora_rank, "lora_rank: only with finetune=True")
     if finetune:

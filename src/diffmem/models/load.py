@@ -66,6 +66,8 @@ def lora_base(path: Path) -> Path | None:
           f"{path / LORA}: a LoRA checkpoint names its base model folder ('base') next to {LORA_WEIGHTS}")
     base = Path(base) if Path(base).is_absolute() else (path / base)
     check(base.is_dir() and not (base / LORA).exists(), f"{path / LORA}: base {base} is not a model folder")
+    check(detect_family(base) == "stable_diffusion", f"{path / LORA}: base {base} is not a Stable Diffusion "
+                                                      f"model (LoRA checkpoints are of diffmem finetune)")
     return base
 
 
@@ -183,7 +185,8 @@ def load_adapter(path: str | os.PathLike, allow_pickle: bool = False, device: st
                  dtype: str = "float32") -> Adapter:
     """Load the model folder ``path`` as an :class:`~diffmem.probe.adapters.Adapter` on ``device``
     (auto|cpu|cuda|cuda:N|mps) in ``dtype`` (float32|float16|bfloat16); its ``record`` is the
-    folder's :class:`~diffmem.models.record.ModelRecord` (None without ``diffmem.json``)."""
+    folder's :class:`~diffmem.models.record.ModelRecord` (None without ``diffmem.json``). A LoRA
+    checkpoint folder (``lora.json``) loads as its base with the LoRA applied, and no record."""
     path = Path(path)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     family = detect_family(path)
@@ -227,10 +230,11 @@ def load_adapter(path: str | os.PathLike, allow_pickle: bool = False, device: st
 def _load_lora(path: Path, allow_pickle: bool, device: str, dtype: str) -> Adapter:
     """The base model with the LoRA checkpoint ``path`` loaded into its denoiser (peft, as
     ``pipe.load_lora_weights`` does); the adapter's ``path`` is the checkpoint, it has no record."""
+    from safetensors import SafetensorError
     adapter = load_adapter(lora_base(path), allow_pickle, "cpu", "float32")
     try:
         adapter.denoiser.load_lora_adapter(str(path), prefix="unet", weight_name=LORA_WEIGHTS)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise DiffmemError(f"{path / LORA_WEIGHTS}: not LoRA weights of its base ({type(exc).__name__}: {exc})") from None
     adapter.path, adapter.record = path, None
     return adapter.to(resolve_device(device), resolve_dtype(dtype))

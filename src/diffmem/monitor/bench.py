@@ -31,18 +31,19 @@ class _Timed:
 OVERHEAD_RUN = PixelRun(distinct=2000, dup="10x100", steps=500, batch_size=64, config="bench-s", size=16)
 
 
-def _alternate(train, pairs: int) -> dict:
-    """Run ``train(folder, on) -> (weights, seconds inside the monitor, measurements)`` ``pairs`` times
-    off and on, in the order off, on, on, off, … (drift cancels), and time each run."""
+def _alternate(train, weights_of, pairs: int) -> dict:
+    """Run ``train(folder, on) -> (seconds inside the monitor, measurements)`` ``pairs`` times off and
+    on, in the order off, on, on, off, … (drift cancels), timing each run; ``weights_of(folder)`` reads
+    the trained weights afterwards, outside the timing."""
     out: dict = {"pairs": pairs, "seconds_off": [], "seconds_on": []}
     weights, inside, count = [], 0.0, 0
     order = [kind for p in range(pairs) for kind in (("off", "on") if p % 2 == 0 else ("on", "off"))]
     with tempfile.TemporaryDirectory() as tmp:
         for i, kind in enumerate(order):
             t0 = time.perf_counter()
-            w, seconds, n = train(Path(tmp) / str(i), kind == "on")
+            seconds, n = train(Path(tmp) / str(i), kind == "on")
             out[f"seconds_{kind}"].append(time.perf_counter() - t0)
-            weights.append(w)
+            weights.append(weights_of(Path(tmp) / str(i)))
             inside, count = inside + seconds, count + n
     out["overhead_ratio"] = sum(out["seconds_on"]) / sum(out["seconds_off"])
     out["monitor_fraction"] = inside / sum(out["seconds_on"])
@@ -63,9 +64,10 @@ def overhead(run: PixelRun = OVERHEAD_RUN, every: int = 500, pairs: int = 2, qui
         cb = _Timed(TrainingCallback(every, seed=run.seed, quiet=True)) if on else None
         train_unet(folder, run, callback=cb, quiet=quiet)
         n = len(cb.callback.monitor.history_) if cb is not None and cb.callback.monitor else 0
-        return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"), cb.seconds if cb else 0.0, n
+        return (cb.seconds if cb else 0.0), n
+    weights = lambda folder: load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")  # noqa: E731
     return {"steps": run.steps, "every": every, "batch_size": run.batch_size, "config": run.config,
-            "size": run.size, **_alternate(train, pairs)}
+            "size": run.size, **_alternate(train, weights, pairs)}
 
 
 def finetune_overhead(base, cfg, every: int = 100, pairs: int = 2, n_images: int = 20, n_reference: int = 100,
@@ -75,9 +77,11 @@ def finetune_overhead(base, cfg, every: int = 100, pairs: int = 2, n_images: int
     against ``n_reference`` other held-out items (no ground truth: that is sampling, not monitoring)."""
     from diffmem.data.records import record_reference_captions, record_reference_images
     from diffmem.errors import check
+    from diffmem.models.load import LORA_WEIGHTS
     from diffmem.models.record import ModelRecord
     from diffmem.monitor.finetune import FinetuneMonitor, FinetuneWatch
     from diffmem.train.finetune import finetune
+    check(every <= cfg.steps, f"every={every}: more than steps={cfg.steps}, so the monitor would never run")
     rec = ModelRecord.read(base)
     check(rec is not None and rec.captions is not None, f"{base}: needs a captioned training record")
     x, caps = record_reference_images(rec)[0], record_reference_captions(rec)
@@ -89,8 +93,8 @@ def finetune_overhead(base, cfg, every: int = 100, pairs: int = 2, n_images: int
         cb = _Timed(FinetuneMonitor(x[mem], [caps[i] for i in mem], ref, FinetuneWatch(every), cfg.seed,
                                     True).start()) if on else None
         finetune(base, x[mem], [caps[i] for i in mem], folder, cfg, cb, quiet)
-        name = "pytorch_lora_weights.safetensors" if cfg.lora_rank else "unet/diffusion_pytorch_model.safetensors"
-        n = len(cb.callback.monitor_.history_) if cb is not None else 0
-        return load_file(folder / name), cb.seconds if cb else 0.0, n
+        return (cb.seconds if cb else 0.0), (len(cb.callback.monitor_.history_) if cb is not None else 0)
+    name = LORA_WEIGHTS if cfg.lora_rank else "unet/diffusion_pytorch_model.safetensors"
     return {"base": str(base), "steps": cfg.steps, "every": every, "batch_size": cfg.batch_size,
-            "lora_rank": cfg.lora_rank, "n_images": n_images, **_alternate(train, pairs)}
+            "lora_rank": cfg.lora_rank, "n_images": n_images,
+            **_alternate(train, lambda folder: load_file(folder / name), pairs)}

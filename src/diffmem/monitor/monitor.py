@@ -102,7 +102,7 @@ class MemorizationMonitor(Params):
               f"need >= 8 of each")
         self.history_: list[dict] = []
         self._wrapped: tuple | None = None      # (model, its adapter): rebuilt when another model comes
-        self._z: tuple | None = None            # (VAE key, encoded batches): see _prepared
+        self._z: tuple | None = None            # (VAE weakref, key, encoded batches): see _prepared
         return self
 
     def settings(self) -> dict:
@@ -167,17 +167,20 @@ class MemorizationMonitor(Params):
 
     def _prepared(self, adapter: Adapter) -> list[torch.Tensor]:
         """The probes' and references' model inputs in batches (``adapter.prepare``). A VAE encode is
-        done once and kept while the VAE is the same module with unchanged weights (every fine-tuning
-        recipe freezes it; an in-place update bumps a parameter's version and re-encodes)."""
+        done once and kept while the VAE is the same module (held by weak reference) with unchanged
+        weights, device, dtype and batch size: every fine-tuning recipe freezes the VAE, and an
+        optimizer's in-place update bumps a parameter's version, which re-encodes (a write through
+        ``param.data`` does not, and would not be seen)."""
+        import weakref
+        x = torch.cat([self.probe_, self.reference_])                                    # (N, C, H, W)
+        encode = lambda: [adapter.prepare(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]  # noqa: E731
         vae = getattr(adapter, "vae", None)
-        key = None if vae is None else (id(vae), sum(p._version for p in vae.parameters()), adapter.device)
-        if key is None or self._z is None or self._z[0] != key:
-            x = torch.cat([self.probe_, self.reference_])                                # (N, C, H, W)
-            z = [adapter.prepare(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
-            if key is None:
-                return z
-            self._z = (key, z)
-        return self._z[1]
+        if vae is None:
+            return encode()
+        key = (sum(p._version for p in vae.parameters()), adapter.device, adapter.dtype, self.batch_size)
+        if self._z is None or self._z[0]() is not vae or self._z[1] != key:
+            self._z = (weakref.ref(vae), key, encode())
+        return self._z[2]
 
     # -- alarms ---------------------------------------------------------------------------
     def alarms(self) -> dict[str, int | None]:

@@ -10,7 +10,8 @@ timesteps of the base model's DDPM schedule, drops captions with probability ``c
 Checkpoints (``out/checkpoints/step-K/``) load in plain diffusers: a full fine-tune writes a complete
 ``StableDiffusionPipeline`` folder; a LoRA fine-tune writes ``pytorch_lora_weights.safetensors`` through
 ``StableDiffusionPipeline.save_lora_weights``, which ``pipe.load_lora_weights`` reads into the base
-model. ``callback(adapter, step, out)`` runs after every optimizer step with the model being trained
+model, and ``lora.json`` naming the base by absolute path (so ``diffmem monitor`` can load it; edit it
+if the base moves). ``callback(adapter, step, out)`` runs after every optimizer step with the model being trained
 (an adapter over the live UNet); it returns True to stop training there. The memorization monitor
 is such a callback (:mod:`diffmem.monitor.finetune`)."""
 

@@ -56,9 +56,9 @@ def _dup(dup: str) -> str:
 
 
 def _pixel(out, o: TrainOptions, callback, seed: int, quiet: bool) -> dict:
-    if callback is not None:
-        check(callback.every <= o.steps, f"monitor: it measures every {callback.every} steps, more than "
-                                         f"steps={o.steps}, so it would never run; lower checkpoint_every")
+    every = getattr(callback, "every", None)
+    check(every is None or every <= o.steps, f"monitor: it measures every {every} steps, more than steps={o.steps}, "
+                                             f"so it would never run; lower it with checkpoint_every=K")
     run = PixelRun(data=o.data, size=o.size, distinct=o.distinct, dup=_dup(o.dup), steps=o.steps,
                    batch_size=o.batch_size, lr=o.lr, label_dropout=o.label_dropout, config=o.config,
                    schedule=o.schedule, seed=seed)
@@ -94,6 +94,8 @@ def train_model(family: str, out: str | os.PathLike, options: TrainOptions = Tra
     unused = [f"{k}={getattr(options, k)}" for k in OWNED if k not in recipe.own
               and getattr(options, k) != getattr(default, k)]
     check(not unused, f"{', '.join(unused)}: not {'an option' if len(unused) == 1 else 'options'} of family={family}")
-    check(callback is None or "monitor" in recipe.own, f"monitor: not an option of family={family}")
+    check(callback is None or "monitor" in recipe.own, f"callback: only family=unet2d takes one, not family={family}")
+    check(not options.monitor or callback is not None,
+          "monitor=True: pass the monitor as callback (diffmem.monitor.training.TrainingCallback)")
     resolved = {k: recipe.defaults[k] if getattr(options, k) is None else getattr(options, k) for k in SHARED}
     return recipe.run(out, dataclasses.replace(options, **resolved), callback, seed, quiet)
