@@ -138,3 +138,19 @@ def test_commands_needing_a_record_check_it_before_any_work(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "no diffmem.json training record" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists() and not (tmp_path / "s").exists()
+
+
+def test_candidate_layers_come_from_each_familys_pattern(family_model):
+    """The layers detectors and the monitor rank, by hand: a DiT's transformer blocks, the theory
+    model's hidden layer, a UNet's resnets (each with its nonlinearity) and mid block."""
+    family, path, _, _ = family_model
+    layers = load_adapter(path).candidate_layers()
+    if family == "dit":
+        assert layers == [f"transformer_blocks.{i}" for i in range(4)]
+    elif family == "theory":
+        assert layers == ["act"]
+    else:
+        import re
+        assert layers and all(re.search(r"(^|\.)(resnets\.\d+(\.nonlinearity)?|mid_block)$", n) for n in layers)
+        assert {n for n in layers if n.endswith(".nonlinearity")} == {n + ".nonlinearity" for n in layers
+                                                                       if re.search(r"resnets\.\d+$", n)}

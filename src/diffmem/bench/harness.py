@@ -14,7 +14,7 @@ from diffmem.data.records import copy_targets, reference_images
 from diffmem.neighbours import COPY_RATIO, label_samples
 from diffmem.bench.protocol import (BenchSettings, aggregate, batches, evaluate_report, grouped_split, score_settings,
                                     split_overlap, summarize, thresholds, timed_against, tune)
-from diffmem.detect.detector import candidate_layers, image_keys
+from diffmem.detect.detector import image_keys
 from diffmem.detect.fusion import FusionDetector
 from diffmem.detect.methods import peer_methods
 from diffmem.detect.metrics import fpr_threshold
@@ -70,7 +70,7 @@ def bench_seed(adapter: Adapter, targets: tuple[torch.Tensor, np.ndarray], refer
     ref_cls = None if ref_conditions is None or classes is None or adapter.condition_kind != "class" \
         else np.asarray(ref_conditions, dtype=object)[half:]
     ref_idx = np.arange(len(ref_b))
-    layers = candidate_layers(adapter)
+    layers = adapter.candidate_layers()
     conditional = classes is not None
     methods = peer_methods(adapter, layers, reference[:half], train, seed, adapter.t_grid, conditional)
     yr, hard = y[rep], lab["hard_negative"][rep]

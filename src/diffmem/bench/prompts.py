@@ -31,7 +31,7 @@ from diffmem.data.records import PROMPT_KINDS, PromptSet, record_prompts
 from diffmem.neighbours import label_samples
 from diffmem.bench.protocol import (BenchSettings, batches, evaluate_report, grouped_split, score_settings, split_overlap,
                                     timed_against, tune)
-from diffmem.detect.detector import candidate_layers, image_keys
+from diffmem.detect.detector import image_keys
 from diffmem.detect.fusion import FusionDetector
 from diffmem.detect.methods import Native, peer_methods
 from diffmem.detect.metrics import auroc, fpr_threshold, rates_at, tpr_at_fpr
@@ -164,7 +164,7 @@ def prompt_bench_seed(adapter: Adapter, train_rt: torch.Tensor, copies: np.ndarr
     check(0 < y_all[cal].sum() < len(cal) and 0 < y_all[rep].sum() < len(rep),
           f"seed {seed}: the grouped split left one side without copies or non-copies")
     native = Native(seed, cfg.steps, cfg.guidance)
-    layers = candidate_layers(adapter)
+    layers = adapter.candidate_layers()
     methods = peer_methods(adapter, layers, reference[:len(reference) // 2], train_rt, seed, adapter.t_grid, True,
                            native=native)
     part = lambda idx: batches(x, keys, conds, idx, cfg.batch_size, origins)  # noqa: E731

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
 import numpy as np
@@ -71,27 +70,15 @@ class SpikinessDetector(Params):
         return self.score(images, keys) > self.threshold_
 
 
-CANDIDATE = re.compile(r"^act$|(^|\.)(resnets\.\d+(\.nonlinearity)?|transformer_blocks\.\d+|mid_block)$")
-
-
-def candidate_layers(adapter: Adapter) -> list[str]:
-    """Layers worth ranking: every resnet (and its nonlinearity), transformer block and mid block
-    whose (last-call) output has as many dimensions as the default layer's."""
-    shapes = adapter.layers()
-    ndim = len(shapes[adapter.default_layer.split("@")[0]][-1])
-    names = [n for n, s in shapes.items() if CANDIDATE.search(n) and len(s[-1]) == ndim]
-    return names or [adapter.default_layer]
-
-
 @torch.no_grad()
 def select_layer(adapter: Adapter, positives: torch.Tensor, negatives: torch.Tensor,
                  candidates: Sequence[str] | None = None, like: SpikinessDetector | None = None) -> list[dict]:
-    """Rank candidate layers (default :func:`candidate_layers`) by the AUROC of a detector's statistic on
+    """Rank candidate layers (default ``adapter.candidate_layers()``) by the AUROC of a detector's statistic on
     a calibration set, one forward per batch; ``like``: the detector whose t, pool, statistic, seed and
     batch size to use (default: the family's). Returns ``[{"layer", "auroc"}, ...]`` best first. Use
     images disjoint from any reported split."""
     like = like or SpikinessDetector(adapter)
-    candidates = list(candidates or candidate_layers(adapter))
+    candidates = list(candidates or adapter.candidate_layers())
     _, t, pool = like.settings()
     statistic, seed, batch_size = like.statistic, like.seed, like.batch_size
     x = torch.cat([positives, negatives])

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from diffmem.detect.detector import candidate_layers, image_keys
+from diffmem.detect.detector import image_keys
 from diffmem.detect.metrics import fpr_threshold
 from diffmem.errors import DiffmemError, check
 from diffmem.estimator import Params
@@ -138,7 +138,7 @@ class FusionDetector(Params):
         return np.stack([np.concatenate(cols[n]) for n in names], 1)             # (N, F)
 
     def _candidates(self) -> list[str]:
-        return [RESIDUAL, *(self.layers if self.layers is not None else candidate_layers(self.adapter))]
+        return [RESIDUAL, *(self.layers if self.layers is not None else self.adapter.candidate_layers())]
 
     @classmethod
     def residual_only(cls, adapter: Adapter, t: float | None = None, fpr: float = 0.01, seed: int = 0,

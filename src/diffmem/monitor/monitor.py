@@ -133,8 +133,7 @@ class MemorizationMonitor(Params):
     @torch.no_grad()
     def measure(self, adapter: Adapter) -> dict:
         """Every signal of one model state (see the module docstring)."""
-        from diffmem.detect.detector import candidate_layers
-        layers = self.layers or candidate_layers(adapter)
+        layers = self.layers or adapter.candidate_layers()
         t_spike = adapter.default_t if self.t is None else self.t
         loss_ts = self.loss_ts if self.loss_ts is not None else adapter.t_grid[::2]   # 10, 50, 200 for diffusers
         ts = sorted(set(loss_ts) | {t_spike})

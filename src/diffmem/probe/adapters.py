@@ -13,6 +13,7 @@ families; the theory family uses the noise level σ.
 from __future__ import annotations
 
 import math
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Sequence
@@ -80,6 +81,8 @@ class Adapter:
     default_pool: str = "auto"
     default_t: float = 10
     t_grid: tuple[float, ...] = (10, 20, 50, 100, 200)   # timesteps tuned over (bench, fusion detector, monitor)
+    # the modules worth ranking as layers (candidate_layers); this default takes any family's names
+    candidate_pattern = r"^act$|(^|\.)(resnets\.\d+(\.nonlinearity)?|transformer_blocks\.\d+|mid_block)$"
     t_convention: str = "timestep"      # what t means: a scheduler "timestep" or a noise level "sigma"
     cfg_order: str = "uncond_cond"      # batch order of classifier-free guidance in this family
     condition_kind: str | None = None   # "class" | "prompt" | None
@@ -232,6 +235,16 @@ class Adapter:
         with torch.no_grad():
             return output_shapes(self.denoiser, self.dummy_forward())
 
+    def candidate_layers(self) -> list[str]:
+        """Layers worth ranking (detectors, the bench, the monitor): every module whose name matches the
+        family's ``candidate_pattern`` and whose (last-call) output has as many dimensions as the default
+        layer's; the default layer alone when none does."""
+        shapes = self.layers()
+        ndim = len(shapes[self.default_layer.split("@")[0]][-1])
+        pattern = re.compile(self.candidate_pattern)
+        names = [n for n, s in shapes.items() if pattern.search(n) and len(s[-1]) == ndim]
+        return names or [self.default_layer]
+
 
 class _SchedulerNoise:
     """DDPM-style forward noising z_t = √ᾱ_t z + √(1−ᾱ_t) ε via the scheduler's ``add_noise``."""
@@ -286,6 +299,7 @@ class UNet2DAdapter(_SchedulerNoise, Adapter):
     """
 
     family = "unet2d"
+    candidate_pattern = r"(^|\.)(resnets\.\d+(\.nonlinearity)?|mid_block)$"      # every resnet, its nonlinearity, the mid block
     default_pool = "spatial_max"
 
     def __init__(self, unet, scheduler=None, null_class: int | None = None, path=None, record=None):
@@ -359,6 +373,7 @@ class StableDiffusionAdapter(_Latent, _SchedulerNoise, Adapter):
     """
 
     family = "stable_diffusion"
+    candidate_pattern = r"(^|\.)(resnets\.\d+(\.nonlinearity)?|mid_block)$"      # every resnet, its nonlinearity, the mid block
     default_pool = "spatial_max"
     condition_kind = "prompt"
 
@@ -414,6 +429,7 @@ class DiTAdapter(_Latent, _SchedulerNoise, Adapter):
     """
 
     family = "dit"
+    candidate_pattern = r"(^|\.)transformer_blocks\.\d+$"                         # every transformer block
     default_pool = "token_mean"
     steering_pool = "token_mean"
     cfg_order = "cond_uncond"
@@ -462,6 +478,7 @@ class TheoryAdapter(Adapter):
     """
 
     family = "theory"
+    candidate_pattern = r"^act$"                                                   # the hidden ReLU layer
     default_pool = "flatten"
     steering_pool = "flatten"
     default_t = 0.1
