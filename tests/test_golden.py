@@ -1,7 +1,7 @@
 """Behaviour unchanged (issue 24): the primitives every score is built from — represent, spikiness, the
 fusion features, every peer method and the monitor's row, on the tiny model of each family — equal the
-arrays recorded before the refactor (``tests/golden/primitives.npz``, 101 arrays; bit-identical on the
-machine that recorded them; the tolerance here only absorbs another CPU's float32 kernels)."""
+arrays recorded before the refactor (``tests/golden/primitives.npz``, 101 arrays, one thread; bit-identical
+on the machine that recorded them; the tolerance here only absorbs another CPU's float32 kernels)."""
 
 from pathlib import Path
 
@@ -53,7 +53,12 @@ def _primitives(root: Path) -> dict:
 @pytest.mark.slow
 def test_primitives_equal_the_arrays_recorded_before_the_refactor(tmp_path):
     golden = np.load(GOLDEN)
-    got = _primitives(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                      # as when they were recorded: kernels reduce in one order
+    try:
+        got = _primitives(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
     assert sorted(got) == sorted(golden.files) and len(got) == 101
     for k in golden.files:
         np.testing.assert_allclose(np.asarray(got[k], dtype=float), golden[k].astype(float), rtol=1e-5, atol=1e-7,
