@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diffmem.data.records import ASSETS
+from diffmem.data.records import ASSETS, HYBRID, T2I
 from diffmem.data.records import copy_targets, reference_images
 from diffmem.neighbours import label_samples
 from diffmem.bench.protocol import summarize
@@ -45,11 +45,11 @@ from diffmem.probe.adapters import Adapter
 from diffmem.probe.sampling import Sampler, regenerate, sample_images
 
 ZOO = {   # name → folder; every one made by `diffmem train` (assets/README.md has each command)
-    "hybrid": ASSETS / "bench" / "hybrid",
+    "hybrid": HYBRID,
     "attn-cosine": ASSETS / "zoo" / "attn-cosine",
     "heavy-dup": ASSETS / "zoo" / "heavy-dup",
     "px28": ASSETS / "zoo" / "px28",
-    "t2i": ASSETS / "bench" / "t2i",
+    "t2i": T2I,
 }
 SCORES = BASE_SCORES + COMBINATIONS
 REGEN_T0 = (25, 50, 100)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from diffmem.commands.options import InputRange, Opt, Out, Quiet, Seed, read_prompts
 from diffmem.commands.options import input_range as parse_range
-from diffmem.data.records import ASSETS
+from diffmem.data.records import T2I
 from diffmem.data.sources import read_inputs
 from diffmem.errors import check
 from diffmem.models import load_adapter
@@ -45,7 +45,7 @@ def finetune(out: Out, base: Base = None, images: Images = None, captions: Capti
     """Fine-tune BASE on a captioned image set and write the model (or its LoRA weights), checkpoints that
     plain diffusers loads, ``finetune.json`` and, with ``--monitor-every``, ``monitor.json``."""
     check_out(out)
-    base = base or str(ASSETS / "bench" / "t2i")
+    base = base or str(T2I)
     if demo:
         check(images is None, "--demo fine-tunes on BASE's held-out items: give no --images")
         return finetune_demo(base, out, QUICK_DEMO if quick else FinetuneDemo(), seed, quiet)

@@ -7,9 +7,10 @@ from typing import Annotated
 
 from diffmem.commands.options import AllowPickle, Device, DType, Opt, Out, Quiet, Seed
 from diffmem.errors import check
-from diffmem.data.records import ASSETS
+from diffmem.data.records import T2I
 from diffmem.monitor.bench import OVERHEAD_RUN, finetune_overhead, overhead
 from diffmem.monitor.demo import DEMO, QUICK, run_demo
+from diffmem.monitor.finetune import FinetuneDemo
 from diffmem.monitor.plots import plot_runs
 from diffmem.monitor.training import N_PROBE, N_REFERENCE, OfflineMonitor, monitor_checkpoints
 from diffmem.outputs import check_out, output_dir, write_json
@@ -71,8 +72,8 @@ def bench_monitor(steps: Annotated[int, Opt("training steps per run", min=2)] = 
     check_out(out)
     check(finetune or not lora_rank, "lora_rank: only with finetune=True")
     if finetune:
-        cfg = Finetune(steps, batch_size, 1e-3 if lora_rank else 1e-4, lora_rank, seed=seed)
-        res = finetune_overhead(ASSETS / "bench" / "t2i", cfg, every, pairs, quiet=quiet)
+        lr = FinetuneDemo.lora_lr if lora_rank else FinetuneDemo.lr              # the demonstration's rates
+        res = finetune_overhead(T2I, Finetune(steps, batch_size, lr, lora_rank, seed=seed), every, pairs, quiet=quiet)
     else:
         res = overhead(replace(OVERHEAD_RUN, steps=steps, batch_size=batch_size, seed=seed), every, pairs, quiet)
     print(f"monitor overhead: {res['overhead_ratio']:.3f}x training time (goal <= 1.05); time inside the monitor "

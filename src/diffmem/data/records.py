@@ -22,6 +22,7 @@ from diffmem.errors import DiffmemError, check
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SUBSET = ASSETS / "fashion_mnist_subset.npz"
 HYBRID = ASSETS / "bench" / "hybrid"        # the shipped hybrid model (the benchmark's and demo's default)
+T2I = ASSETS / "bench" / "t2i"              # the shipped text-to-image model (finetune's default base)
 N_REFERENCE = 1000
 
 

@@ -77,8 +77,9 @@ def detect_family(path: str | os.PathLike) -> str:
     path = Path(path)
     if not path.is_dir():
         raise DiffmemError(f"{path}: no such model folder")
-    if lora_base(path) is not None:
-        return detect_family(lora_base(path))
+    base = lora_base(path)
+    if base is not None:
+        return detect_family(base)
     for name, table in (("model_index.json", _PIPELINES), ("config.json", _MODELS)):
         if (path / name).exists():
             cls = _read(path / name).get("_class_name")
@@ -188,10 +189,11 @@ def load_adapter(path: str | os.PathLike, allow_pickle: bool = False, device: st
     folder's :class:`~diffmem.models.record.ModelRecord` (None without ``diffmem.json``). A LoRA
     checkpoint folder (``lora.json``) loads as its base with the LoRA applied, and no record."""
     path = Path(path)
+    base = lora_base(path)
+    if base is not None:
+        return _load_lora(path, base, allow_pickle, device, dtype)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     family = detect_family(path)
-    if lora_base(path) is not None:
-        return _load_lora(path, allow_pickle, device, dtype)
     record = ModelRecord.read(path)
     quiet_libraries()
     import diffusers
@@ -227,11 +229,11 @@ def load_adapter(path: str | os.PathLike, allow_pickle: bool = False, device: st
     return adapter.to(dev, dt)
 
 
-def _load_lora(path: Path, allow_pickle: bool, device: str, dtype: str) -> Adapter:
-    """The base model with the LoRA checkpoint ``path`` loaded into its denoiser (peft, as
+def _load_lora(path: Path, base: Path, allow_pickle: bool, device: str, dtype: str) -> Adapter:
+    """The ``base`` model with the LoRA checkpoint ``path`` loaded into its denoiser (peft, as
     ``pipe.load_lora_weights`` does); the adapter's ``path`` is the checkpoint, it has no record."""
     from safetensors import SafetensorError
-    adapter = load_adapter(lora_base(path), allow_pickle, "cpu", "float32")
+    adapter = load_adapter(base, allow_pickle, "cpu", "float32")
     try:
         adapter.denoiser.load_lora_adapter(str(path), prefix="unet", weight_name=LORA_WEIGHTS)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:

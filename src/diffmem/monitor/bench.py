@@ -7,7 +7,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -75,24 +74,18 @@ def finetune_overhead(base, cfg, every: int = 100, pairs: int = 2, n_images: int
     """:func:`overhead` for a text-to-image fine-tune (``cfg``: a :class:`~diffmem.train.finetune.Finetune`,
     full or LoRA) of ``base`` on ``n_images`` of its held-out items, the monitor every ``every`` steps
     against ``n_reference`` other held-out items (no ground truth: that is sampling, not monitoring)."""
-    from diffmem.data.records import record_reference_captions, record_reference_images
     from diffmem.errors import check
     from diffmem.models.load import LORA_WEIGHTS
-    from diffmem.models.record import ModelRecord
-    from diffmem.monitor.finetune import FinetuneMonitor, FinetuneWatch
+    from diffmem.monitor.finetune import FinetuneMonitor, FinetuneWatch, held_out_split
     from diffmem.train.finetune import finetune
     check(every <= cfg.steps, f"every={every}: more than steps={cfg.steps}, so the monitor would never run")
-    rec = ModelRecord.read(base)
-    check(rec is not None and rec.captions is not None, f"{base}: needs a captioned training record")
-    x, caps = record_reference_images(rec)[0], record_reference_captions(rec)
-    check(len(x) >= n_images + n_reference, f"{base}: {len(x)} held-out items, need {n_images + n_reference}")
-    idx = np.random.default_rng(cfg.seed).permutation(len(x))
-    mem, ref = idx[:n_images], x[idx[n_images:n_images + n_reference]]
+    x, caps, (mem, ref) = held_out_split(base, (n_images, n_reference), cfg.seed)
+    images, captions, reference = x[mem], [caps[i] for i in mem], x[ref]
 
     def train(folder: Path, on: bool):
-        cb = _Timed(FinetuneMonitor(x[mem], [caps[i] for i in mem], ref, FinetuneWatch(every), cfg.seed,
-                                    True).start()) if on else None
-        finetune(base, x[mem], [caps[i] for i in mem], folder, cfg, cb, quiet)
+        cb = _Timed(FinetuneMonitor(images, captions, reference, FinetuneWatch(every), cfg.seed, True).start()) \
+            if on else None
+        finetune(base, images, captions, folder, cfg, cb, quiet)
         return (cb.seconds if cb else 0.0), (len(cb.callback.monitor_.history_) if cb is not None else 0)
     name = LORA_WEIGHTS if cfg.lora_rank else "unet/diffusion_pytorch_model.safetensors"
     return {"base": str(base), "steps": cfg.steps, "every": every, "batch_size": cfg.batch_size,

@@ -132,23 +132,29 @@ QUICK_DEMO = FinetuneDemo(memorizing=8, control=10, n_reference=12, steps=6, eve
                           ground_truth=4)        # seconds; for tests
 
 
+def held_out_split(base, sizes: tuple[int, ...], seed: int) -> tuple[torch.Tensor, list[str], list[np.ndarray]]:
+    """``base``'s held-out images (N, 3, H, W) in [-1, 1], their captions, and disjoint index sets of
+    ``sizes`` (in order) from one permutation drawn by ``seed``: the items a fine-tune may use as new data."""
+    from diffmem.data.records import record_reference_captions, record_reference_images
+    from diffmem.models.record import ModelRecord
+    rec = ModelRecord.read(base)
+    check(rec is not None and rec.captions is not None, f"{base}: needs a captioned training record")
+    x, caps = record_reference_images(rec)[0], record_reference_captions(rec)
+    check(len(x) >= sum(sizes), f"{base}: {len(x)} held-out items, need {sum(sizes)}")
+    perm = np.random.default_rng(seed).permutation(len(x))
+    ends = np.cumsum((0, *sizes))
+    return x, caps, [perm[a:b] for a, b in zip(ends[:-1], ends[1:])]
+
+
 def finetune_demo(base, out, demo: FinetuneDemo = FinetuneDemo(), seed: int = 0, quiet: bool = False) -> dict:
     """Run the demonstration's three fine-tunes of ``base`` (memorizing full, memorizing LoRA, control
     full) with the monitor and ground truth, and write ``out/monitor.json`` (``runs.NAME``, ``settings``),
     ``out/monitor.png`` and ``out/runs/NAME/``."""
     from dataclasses import asdict
-    from diffmem.data.records import record_reference_captions, record_reference_images
-    from diffmem.models.record import ModelRecord
     from diffmem.monitor.plots import plot_runs
     from diffmem.outputs import output_dir
-    rec = ModelRecord.read(base)
-    check(rec is not None and rec.captions is not None, f"{base}: the demo needs a captioned training record")
-    x, caps = record_reference_images(rec)[0], record_reference_captions(rec)
-    need = demo.memorizing + demo.control + demo.n_reference
-    check(len(x) >= need, f"{base}: {len(x)} held-out items, the demo needs {need}")
-    perm = np.random.default_rng(seed).permutation(len(x))
-    mem, ctl = perm[:demo.memorizing], perm[demo.memorizing:demo.memorizing + demo.control]
-    ref = x[perm[demo.memorizing + demo.control:need]]
+    x, caps, (mem, ctl, ref_idx) = held_out_split(base, (demo.memorizing, demo.control, demo.n_reference), seed)
+    ref = x[ref_idx]
     runs = {"memorizing-full": (mem, 0, demo.lr), "memorizing-lora": (mem, demo.lora_rank, demo.lora_lr),
             "control-full": (ctl, 0, demo.lr)}
     result = {"settings": {"seed": seed, "base": str(base), **asdict(demo)}, "runs": {}}

@@ -246,6 +246,9 @@ class Adapter:
         return names or [self.default_layer]
 
 
+UNET_CANDIDATES = r"(^|\.)(resnets\.\d+(\.nonlinearity)?|mid_block)$"   # every resnet, its nonlinearity, the mid block
+
+
 class _SchedulerNoise:
     """DDPM-style forward noising z_t = √ᾱ_t z + √(1−ᾱ_t) ε via the scheduler's ``add_noise``."""
 
@@ -299,7 +302,7 @@ class UNet2DAdapter(_SchedulerNoise, Adapter):
     """
 
     family = "unet2d"
-    candidate_pattern = r"(^|\.)(resnets\.\d+(\.nonlinearity)?|mid_block)$"      # every resnet, its nonlinearity, the mid block
+    candidate_pattern = UNET_CANDIDATES
     default_pool = "spatial_max"
 
     def __init__(self, unet, scheduler=None, null_class: int | None = None, path=None, record=None):
@@ -373,7 +376,7 @@ class StableDiffusionAdapter(_Latent, _SchedulerNoise, Adapter):
     """
 
     family = "stable_diffusion"
-    candidate_pattern = r"(^|\.)(resnets\.\d+(\.nonlinearity)?|mid_block)$"      # every resnet, its nonlinearity, the mid block
+    candidate_pattern = UNET_CANDIDATES
     default_pool = "spatial_max"
     condition_kind = "prompt"
 
