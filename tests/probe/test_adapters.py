@@ -154,3 +154,23 @@ def test_candidate_layers_come_from_each_familys_pattern(family_model):
         assert layers and all(re.search(r"(^|\.)(resnets\.\d+(\.nonlinearity)?|mid_block)$", n) for n in layers)
         assert {n for n in layers if n.endswith(".nonlinearity")} == {n + ".nonlinearity" for n in layers
                                                                        if re.search(r"resnets\.\d+$", n)}
+
+
+def test_residual_t_is_the_timestep_at_snr_10_of_each_schedule(family_model):
+    """The label-free residual's timestep, by hand from the schedule: ᾱ_t/(1 − ᾱ_t) nearest 10, so the
+    linear 1e-4…0.02 schedule gives 92 and the cosine one 188; a family without a schedule keeps its
+    ``default_t``."""
+    from diffusers import DDPMScheduler
+    from diffmem.probe.adapters import RESIDUAL_SNR
+    family, path, _, _ = family_model
+    a = load_adapter(path)
+    if family == "theory":
+        assert a.residual_t == a.default_t
+        return
+    ac = a.scheduler.alphas_cumprod.double().numpy()
+    snr = ac / (1 - ac)
+    t = a.residual_t
+    assert RESIDUAL_SNR == 10 and isinstance(t, int) and abs(np.log(snr[t] / 10)) == np.abs(np.log(snr / 10)).min()
+    a.validate_t(t)
+    lin, cos = (DDPMScheduler(beta_schedule=s).alphas_cumprod.double().numpy() for s in ("linear", "squaredcos_cap_v2"))
+    assert [int(np.argmin(np.abs(np.log(c / (1 - c) / 10)))) for c in (lin, cos)] == [92, 188]

@@ -228,3 +228,53 @@ def test_steering_a_text_to_image_model_by_prompt_groups_and_a_caption_word(tmp_
     assert gen["alpha0_equals_unsteered"] and gen["shape_iou_curve"][0] == 1.0 and len(gen["copy_curve"]) == 2
     assert gen["output_change_per_unit"] > 0                                # the vector moved the samples
     assert (tmp_path / "s" / "steer_grid.png").exists()
+
+
+def test_swap_word_replaces_the_word_of_the_concept_s_vocabulary_only():
+    from diffmem.steer.experiment import _swap_word
+    assert _swap_word("a blue top", "red") == "a red top"                  # a colour replaces the colour
+    assert _swap_word("a blue top", "trouser") == "a blue trouser"         # a class word replaces the class
+    assert _swap_word("a zorbel quix", "red") == "a zorbel quix"           # nothing of the palette: unchanged
+    assert _swap_word("a blue top", "zorbel") == "a blue top"              # a word of no vocabulary
+
+
+def test_a_whole_activation_vector_is_added_position_by_position(unet):
+    """A ``flatten``-pooled concept vector (C·H·W,) is added to each sample at its own positions, not
+    broadcast: h + α·v.view(C, H, W)."""
+    layer = "up_blocks.0.resnets.1"
+    module = dict(unet.denoiser.named_modules())[layer]
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    cond = unet.condition([0, 1])
+    got = {}
+    rec = module.register_forward_hook(lambda m, i, o: got.setdefault("plain", o.detach().clone()))
+    try:
+        unet.denoise(x, 500, cond)
+    finally:
+        rec.remove()
+    h = got["plain"]                                                                   # (2, C, H, W)
+    v = torch.randn(h[0].numel(), generator=torch.Generator().manual_seed(3))
+    with steering(unet, {layer: v}, 0.5, (0, 1)):
+        h2 = module.register_forward_hook(lambda m, i, o: got.setdefault("steered", o.detach().clone()))
+        try:
+            unet.denoise(x, 500, cond)
+        finally:
+            h2.remove()
+    assert torch.allclose(got["steered"] - h, 0.5 * v.view(1, *h.shape[1:]).expand_as(h), atol=1e-6)
+
+
+def test_the_edit_ends_at_the_last_strength_where_shape_or_class_is_kept():
+    """By hand: the shape breaks at α = 2 (IoU 0.7) but the class is still kept (0.95), so the edit runs to
+    α = 2 and breaks at 3; its gain and monotonicity are read on the curve up to α = 2 only."""
+    from diffmem.steer.experiment import _edit
+    alphas = [0.0, 1.0, 2.0, 3.0]
+    g = torch.Generator().manual_seed(0)
+    imgs = [torch.rand(4, 1, 4, 4, generator=g) for _ in alphas]
+    iou = np.array([[1, 0.9, 0.7, 0.5]] * 4)
+    kept = np.array([[True, True, True, False]] * 3 + [[True, True, True, True]])      # 1, 1, 1, 0.25 → fails at 3
+    scores = np.array([[0.1, 0.2, 0.5, 0.9], [0.1, 0.3, 0.2, 0.9], [0.2, 0.2, 0.4, 0.0], [0.0, 0.1, 0.3, 0.3]])
+    e = _edit(imgs, alphas, scores, iou, kept, seed=0)
+    assert e["alpha"] == 2.0
+    assert e["attribute_gain"] == pytest.approx(np.mean(scores[:, 2] - scores[:, 0]))
+    assert e["monotonicity"] == pytest.approx(np.mean([1, 0.5, 1, 1]))
+    assert _edit(imgs, alphas, scores, iou, None, seed=0)["alpha"] == 1.0            # IoU alone: breaks at 2
+    assert "attribute_gain" not in _edit(imgs, alphas, scores, np.array([[1, 0.5, 0.5, 0.5]] * 4), None, 0)

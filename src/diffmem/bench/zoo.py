@@ -37,7 +37,7 @@ from diffmem.data.records import copy_targets, reference_images
 from diffmem.neighbours import label_samples
 from diffmem.bench.protocol import summarize
 from diffmem.detect.audit import Calibration
-from diffmem.detect.labelfree import BASE_SCORES, COMBINATIONS, LabelFreeDetector
+from diffmem.detect.labelfree import SCORES, LabelFreeDetector
 from diffmem.detect.metrics import auroc, fpr_threshold, rates_at
 from diffmem.errors import check
 from diffmem.outputs import progress
@@ -51,7 +51,6 @@ ZOO = {   # name → folder; every one made by `diffmem train` (assets/README.md
     "px28": ASSETS / "zoo" / "px28",
     "t2i": T2I,
 }
-SCORES = BASE_SCORES + COMBINATIONS
 REGEN_T0 = (25, 50, 100)
 CLEAR = 0.7            # a non-copy is clear when its nearest training image is not much closer than the second
 
@@ -206,6 +205,7 @@ def zoo_bench(models: dict[str, Path], seeds: list[int], cfg: ZooBench = ZooBenc
             runs.append(r)
             frames.append(frame.assign(model=name))
         out[name] = {"folder": str(folder), "family": adapter.family, "t": adapter.default_t,
+                     "residual_t": adapter.residual_t,
                      "layer": adapter.default_layer, "n": runs[0]["n"], "guidance": runs[0]["guidance"],
                      "n_copies": summarize([r["n_copies"] for r in runs]), "scores": _aggregate(runs)}
     worst = worst_case(out, cfg.fpr)

@@ -21,7 +21,9 @@ Concept = Annotated[str, Opt("an attribute (brightness, ink; RGB models: a colou
                              "word of the captions")]
 Negative = Annotated[str, Opt("'auto' (an attribute: its lowest images; a class: every other class; a caption word: "
                               "held-out images whose caption lacks it), a class, a folder or 'rest': fit "
-                              "mean(positives) − mean(negatives); 'none' for the paper's plain mean")]
+                              "mean(positives) − mean(negatives); 'swap' (caption words): the same held-out "
+                              "images read with the concept word swapped into their caption minus with their "
+                              "own; 'none' for the paper's plain mean")]
 Alphas = Annotated[tuple, Opt("steering strengths, from 0, increasing", list_of=float, min=0)]
 Window = Annotated[str, Opt("steered steps START:END or lastN[-K] (paper: 18:38 of 40)")]
 Prompt = Annotated[str | None, Opt("text-to-image models: draw every candidate with this prompt (default: the "
@@ -47,6 +49,9 @@ def steer(out: Out, model: ModelDir = None, concept: Concept = "ink", negative: 
                                          "family's, 10 for diffusers models)", min=0)] = None,
           prompt: Prompt = None,
           n_concept: Annotated[int, Opt("concept (and negative) images averaged", min=1)] = 200,
+          layers: Annotated[tuple | None, Opt("layers steered (default: the family's recipe; SD: "
+                                              "up_blocks.0.resnets.* and up_blocks.1.resnets.0,1)",
+                                              list_of=str)] = None,
           device: Device = "auto", dtype: DType = "float32", allow_pickle: AllowPickle = False,
           seed: Seed = 0, quiet: Quiet = False) -> dict:
     """Fit a concept vector, steer memorized and generalized samples, write ``steer.json`` +
@@ -57,7 +62,8 @@ def steer(out: Out, model: ModelDir = None, concept: Concept = "ink", negative: 
     ``--concept red --guidance 3.5 --window 18:38 --negative none``."""
     check_out(out)
     cfg = SteerConfig(concept, negative, parse_alphas(alphas), tuple(listed(samples, str, "--samples")), n_per_group,
-                      pool_size, steps, window, guidance, t, prompt, n_concept, seed)
+                      pool_size, steps, window, guidance, t, prompt, n_concept, seed,
+                      listed(layers, str, "--layers") or None)
     res = run_steer(load_adapter(model or HYBRID, allow_pickle, device, dtype), cfg, quiet)
     res.result["model"] = str(model) if model else "shipped hybrid"
     with output_dir(out) as tmp:

@@ -206,7 +206,7 @@ def _detector(adapter, inputs: AuditInputs, cfg: AuditConfig):
         det.batch_size, det.fpr = cfg.batch_size, cfg.fpr
         return det, inputs.detector or f"{DETECTOR_FOLDER}/ of the model", False
     det = LabelFreeDetector(adapter, fpr=cfg.fpr, batch_size=cfg.batch_size, seed=cfg.seed)
-    return det, "label-free max z of residual, spikiness, NeMo and output norm", True
+    return det, det.describe(), True
 
 
 def run_audit(adapter, inputs: AuditInputs = AuditInputs(), cfg: AuditConfig = AuditConfig(),

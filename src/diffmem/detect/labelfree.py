@@ -25,6 +25,7 @@ from diffmem.estimator import Params
 
 BASE_SCORES = ("residual", "spikiness", "nemo", "output_norm")
 COMBINATIONS = ("mean_z", "max_z")
+SCORES = BASE_SCORES + COMBINATIONS
 
 
 class LabelFreeDetector(Params):
@@ -41,7 +42,7 @@ class LabelFreeDetector(Params):
 
     @property
     def features_(self) -> list[str]:
-        return [self.combine, *BASE_SCORES]
+        return [self.combine, *(b for b in BASE_SCORES if b != self.combine)]
 
     def _base(self, x: torch.Tensor, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         keys = image_keys(x) if keys is None else list(keys)
@@ -52,12 +53,22 @@ class LabelFreeDetector(Params):
                                         for i in range(0, len(x), b)])
         return out
 
+    @property
+    def residual_t_(self) -> float:
+        return self.adapter.residual_t
+
+    def describe(self) -> str:
+        """The detector in words, for ``audit.json`` and the report."""
+        what = {"max_z": "max z of residual, spikiness, NeMo and output norm",
+                "mean_z": "mean z of residual, spikiness, NeMo and output norm"}.get(self.combine, self.combine)
+        return f"label-free {what} (residual at t = {self.residual_t_:g}, the others at t = {self.t_:g})"
+
     def fit(self, reference: torch.Tensor, keys: Sequence[str] | None = None) -> "LabelFreeDetector":
-        check(self.combine in COMBINATIONS, f"combine {self.combine!r}: one of {', '.join(COMBINATIONS)}")
+        check(self.combine in SCORES, f"combine {self.combine!r}: one of {', '.join(SCORES)}")
         check(self.adapter is not None and len(reference) >= 8, "LabelFreeDetector: needs an adapter and >= 8 "
                                                                 "reference images")
         a, t = self.adapter, self.adapter.default_t
-        self.residual_ = FusionDetector.residual_only(a, t=t, seed=self.seed, batch_size=self.batch_size)
+        self.residual_ = FusionDetector.residual_only(a, t=a.residual_t, seed=self.seed, batch_size=self.batch_size)
         self.methods_ = {"spikiness": official_spikiness_method(a, self.seed),
                          "nemo": nemo_method(a, [a.default_layer], [t], reference, self.seed, self.batch_size),
                          "output_norm": output_norm_method(a, [t], self.seed)}

@@ -86,9 +86,14 @@ def load_classifier(path: str | os.PathLike = CLASSIFIER) -> tuple[SmallCNN, dic
 
 
 @torch.no_grad()
-def class_probability(model: SmallCNN, x: torch.Tensor, target: int, size: int) -> np.ndarray:
-    """P(target | x) for images x (N, C, H, W) in [-1, 1], resized to the classifier's size; an RGB image of
-    a tinted garment is read by its brightest channel (the garment's grey shape)."""
+def class_probabilities(model: SmallCNN, x: torch.Tensor, size: int) -> np.ndarray:
+    """P(class | x) (N, 10) for images x (N, C, H, W) in [-1, 1], resized to the classifier's size; an RGB
+    image of a tinted garment is read by its brightest channel (the garment's grey shape)."""
     check(x.shape[1] in (1, 3), f"classifier: expects 1- or 3-channel images, not {x.shape[1]}")
     x = resize_area(x.amax(1, keepdim=True) if x.shape[1] == 3 else x, size)
-    return torch.softmax(model(x.float()), dim=1)[:, target].double().numpy()
+    return torch.softmax(model(x.float()), dim=1).double().numpy()
+
+
+def class_probability(model: SmallCNN, x: torch.Tensor, target: int, size: int) -> np.ndarray:
+    """P(target | x) (N,), as :func:`class_probabilities`."""
+    return class_probabilities(model, x, size)[:, target]

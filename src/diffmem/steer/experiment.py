@@ -39,14 +39,16 @@ from diffmem.outputs import progress
 from diffmem.probe.adapters import Adapter
 from diffmem.probe.sampling import Sampler, sample_images
 from diffmem.steer.attributes import ATTRIBUTES, attribute_concept, attribute_percentile, garment_iou
-from diffmem.steer.classifier import CLASSIFIER, class_probability, load_classifier
+from diffmem.steer.classifier import CLASSIFIER, class_probabilities, class_probability, load_classifier
 from diffmem.steer.concept import ConceptVector
 from diffmem.steer.hooks import parse_window, steering
 from diffmem.steer.metrics import alpha_at_fraction, curve_at, steering_metrics
+from diffmem.train.t2i import CLASS_WORDS, COLOURS
 
 GROUPS = ("memorized", "generalized")
 GRID_ROWS = 6          # samples per group shown in steer_grid.png
 BREAK_IOU = 0.8        # an edit keeps the garment: mean mask IoU with the unsteered sample at least this
+KEPT_CLASS = 0.9       # … or the classifier's class of the unsteered sample, for at least this share
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ class SteerConfig:
     among ``pool_size`` candidates (class models); DDIM ``steps``, the steered ``window`` (START:END),
     ``guidance`` (prompt models steer the conditional half only); ``t``: the timestep concept activations
     are read at (None: the family's ``default_t``); ``prompt``: every candidate drawn with this prompt;
-    ``n_concept`` concept (and negative) images; ``seed``."""
+    ``n_concept`` concept (and negative) images; ``seed``; ``layers`` steered (None: the family's recipe,
+    ``adapter.steering_layers()``)."""
 
     concept: str = "ink"
     negative: str = "auto"
@@ -72,6 +75,7 @@ class SteerConfig:
     prompt: str | None = None
     n_concept: int = 200
     seed: int = 0
+    layers: tuple[str, ...] | None = None
 
     def __post_init__(self):
         check(bool(self.groups) and set(self.groups) <= set(GROUPS),
@@ -185,6 +189,13 @@ def _has_word(caption: str, word: str) -> bool:
     return word.lower() in caption.lower().split()
 
 
+def _swap_word(caption: str, word: str) -> str:
+    """``caption`` with its word of ``word``'s vocabulary (the palette or the class words of the captions)
+    replaced by ``word``: ``a blue top`` → ``a red top``; unchanged when it has none."""
+    vocab = next((v for v in (set(COLOURS), set(CLASS_WORDS)) if word in v), set())
+    return " ".join(word if w.lower() in vocab else w for w in caption.split())
+
+
 def prompt_concept(adapter: Adapter, cfg: SteerConfig) -> Concept:
     """A concept word of the captions: the held-out images whose caption names it, each read with its own
     caption; negatives (``auto``): those whose caption does not. A colour is scored as the percentile of
@@ -197,8 +208,9 @@ def prompt_concept(adapter: Adapter, cfg: SteerConfig) -> Concept:
     check(has.sum() >= 2, f"concept={cfg.concept!r}: fewer than 2 held-out captions name it")
     pos_idx, neg_idx = np.flatnonzero(has)[:cfg.n_concept], np.flatnonzero(~has)[:cfg.n_concept]
     negative = None if cfg.negative in (None, "", "none") else cfg.negative
-    check(negative in (None, "auto"), f"negative={negative}: a concept word's negatives are the held-out "
-                                      f"images whose caption lacks it ('auto') or none")
+    check(negative in (None, "auto", "swap"), f"negative={negative}: a concept word's negatives are the held-out "
+                                              f"images whose caption lacks it ('auto'), the same images with the "
+                                              f"word swapped in ('swap') or none")
     target = _fashion_class(word) if word in [c.lower() for c in FASHION_MNIST_CLASSES] or word.isdigit() else None
     if word in ATTRIBUTES:
         score = lambda im: attribute_percentile(word, im, held)  # noqa: E731
@@ -208,6 +220,14 @@ def prompt_concept(adapter: Adapter, cfg: SteerConfig) -> Concept:
                                   f"nor a class ({', '.join(FASHION_MNIST_CLASSES)})")
         score, accuracy = _class_scorer(target)
         measure = "classifier P(concept class) of the garment's shape"
+    if negative == "swap":                    # the text's own direction: one image, two captions
+        swapped = [_swap_word(caps[i], word) for i in neg_idx]
+        keep = [j for j, c in enumerate(swapped) if c != caps[neg_idx[j]]]
+        check(len(keep) >= 2, f"concept={cfg.concept!r}: negative=swap needs a colour or class word of the captions")
+        idx = neg_idx[keep]
+        return Concept(held[idx], held[idx], [swapped[j] for j in keep], [caps[i] for i in idx], score, measure,
+                       target=target, attribute=word if word in ATTRIBUTES else None, word=word,
+                       negative=negative, classifier_test_accuracy=accuracy)
     return Concept(held[pos_idx], held[neg_idx] if negative else None, [caps[i] for i in pos_idx],
                    [caps[i] for i in neg_idx] if negative else None, score, measure, target=target,
                    attribute=word if word in ATTRIBUTES else None, word=word, negative=negative,
@@ -253,11 +273,38 @@ def _overhead(plain, steered, reps: int = 5) -> float:
     return float(np.median(times["steered"]) / np.median(times["plain"]))
 
 
+def _edit(imgs, alphas, scores, iou, kept, seed) -> dict:
+    """The sweep up to the last strength where the edit is still an edit — at it and every strength before,
+    the group's mean shape IoU ≥ :data:`BREAK_IOU` or its class kept ≥ :data:`KEPT_CLASS`: that strength,
+    and the attribute gain and monotonicity up to it (with CIs)."""
+    ok = iou.mean(0) >= BREAK_IOU                                                                   # (A,)
+    if kept is not None:
+        ok |= kept.mean(0) >= KEPT_CLASS
+    k = len(alphas) - 1 if ok.all() else int(np.argmin(ok)) - 1
+    out = {"alpha": float(alphas[max(k, 0)]), "rule": f"shape IoU >= {BREAK_IOU} or class kept >= {KEPT_CLASS}"}
+    if k >= 1 and scores is not None:
+        m = steering_metrics(imgs[:k + 1], alphas[:k + 1], scores[:, :k + 1], seed=seed)
+        out.update({key: m[key] for key in ("attribute_gain", "attribute_gain_ci", "monotonicity", "monotonicity_ci")})
+    return out
+
+
+def _class_kept(imgs) -> np.ndarray | None:
+    """(k, A): whether the shipped classifier's class of each steered sample is that of its unsteered one."""
+    if imgs[0].shape[1] not in (1, 3):
+        return None
+    classifier, meta = load_classifier(CLASSIFIER)
+    cls = np.stack([class_probabilities(classifier, im, meta["size"]).argmax(1) for im in imgs], 1)   # (k, A)
+    return cls == cls[:, :1]
+
+
 def _group_result(imgs, alphas, concept: Concept, idx, lab, targets, seed) -> dict:
     scores = None if concept.score is None else np.stack([concept.score(im) for im in imgs], 1)    # (k, A)
     out = steering_metrics(imgs, alphas, scores, seed=seed)
     iou = np.stack([garment_iou(im, imgs[0]) for im in imgs], 1)                                      # (k, A)
     out["shape_iou_curve"] = iou.mean(0).tolist()
+    kept = _class_kept(imgs)
+    out["class_kept_curve"] = None if kept is None else kept.mean(0).tolist()
+    out["edit"] = _edit(imgs, alphas, scores, iou, kept, seed)
     copies = np.stack([label_samples(im, *targets)["memorized"] for im in imgs], 1)                  # (k, A)
     out["copy_curve"] = copies.mean(0).tolist()
     out["ratio"] = lab["ratio"][idx].tolist()
@@ -294,8 +341,11 @@ def run_steer(adapter: Adapter, cfg: SteerConfig = SteerConfig(), quiet: bool = 
     win = parse_window(cfg.window, cfg.steps)
     alphas = [float(a) for a in cfg.alphas]
     require_record(adapter, "steering picks memorized and generalized samples by exact labels")
+    known = dict(adapter.denoiser.named_modules())
+    for name in cfg.layers or ():
+        check(name in known, f"layers={name!r}: no such module of the {adapter.family} denoiser")
     concept = prompt_concept(adapter, cfg) if prompt_model else pixel_concept(adapter, cfg)
-    cv = ConceptVector(adapter, t=cfg.t, mode="mean_diff" if concept.negatives is not None else "mean",
+    cv = ConceptVector(adapter, cfg.layers, t=cfg.t, mode="mean_diff" if concept.negatives is not None else "mean",
                        seed=cfg.seed).fit(concept.positives, concept.negatives, cond=concept.pos_cond,
                                           negative_cond=concept.neg_cond)
     targets = copy_targets(adapter)                  # what a copy of each training image looks like, and its count

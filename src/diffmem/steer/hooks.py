@@ -45,8 +45,9 @@ class StepCounter:
 @contextlib.contextmanager
 def steering(adapter: Adapter, vectors: dict[str, torch.Tensor], alpha: float, window: tuple[int, int],
              cfg_batch: bool = False, cond_only: bool = True) -> Iterator[StepCounter]:
-    """Within the block, output h of each layer in ``vectors`` becomes h + α·v (v broadcast over
-    space or tokens) on steps window[0] ≤ k < window[1].
+    """Within the block, output h of each layer in ``vectors`` becomes h + α·v (v (C,) broadcast over
+    space or tokens, or v of h's whole size per sample, as a ``flatten``-pooled concept vector is, added
+    position by position) on steps window[0] ≤ k < window[1].
 
     With ``cfg_batch`` (the sampler stacks unconditional and conditional inputs in one call) and
     ``cond_only``, only the conditional half is changed, located by ``adapter.cfg_order``.
@@ -62,7 +63,10 @@ def steering(adapter: Adapter, vectors: dict[str, torch.Tensor], alpha: float, w
             if not (start <= counter.step < end) or alpha == 0:
                 return None
             h = output[0] if isinstance(output, tuple) else output
-            shape = (1, -1) + (1,) * (h.ndim - 2) if h.ndim == 4 else (1,) * (h.ndim - 1) + (-1,)
+            if v.numel() == h[0].numel() and h.ndim > 2:       # a whole activation (flatten pool): per position
+                shape = (1, *h.shape[1:])
+            else:                                               # one value per channel, broadcast
+                shape = (1, -1) + (1,) * (h.ndim - 2) if h.ndim == 4 else (1,) * (h.ndim - 1) + (-1,)
             delta = (alpha * v.to(h)).view(shape)
             if cfg_batch and cond_only:
                 half = h.shape[0] // 2
