@@ -52,6 +52,9 @@ def steer(out: Out, model: ModelDir = None, concept: Concept = "ink", negative: 
           layers: Annotated[tuple | None, Opt("layers steered (default: the family's recipe; SD: "
                                               "up_blocks.0.resnets.* and up_blocks.1.resnets.0,1)",
                                               list_of=str)] = None,
+          pool: Annotated[str | None, Opt("pooling of the concept activations (default: the family's, spatial "
+                                          "mean); flatten: one vector per position, added position by position",
+                                          choices=("spatial_mean", "token_mean", "flatten"))] = None,
           device: Device = "auto", dtype: DType = "float32", allow_pickle: AllowPickle = False,
           seed: Seed = 0, quiet: Quiet = False) -> dict:
     """Fit a concept vector, steer memorized and generalized samples, write ``steer.json`` +
@@ -63,7 +66,7 @@ def steer(out: Out, model: ModelDir = None, concept: Concept = "ink", negative: 
     check_out(out)
     cfg = SteerConfig(concept, negative, parse_alphas(alphas), tuple(listed(samples, str, "--samples")), n_per_group,
                       pool_size, steps, window, guidance, t, prompt, n_concept, seed,
-                      listed(layers, str, "--layers") or None)
+                      listed(layers, str, "--layers") or None, pool)
     res = run_steer(load_adapter(model or HYBRID, allow_pickle, device, dtype), cfg, quiet)
     res.result["model"] = str(model) if model else "shipped hybrid"
     with output_dir(out) as tmp:

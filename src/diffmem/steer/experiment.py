@@ -60,7 +60,8 @@ class SteerConfig:
     ``guidance`` (prompt models steer the conditional half only); ``t``: the timestep concept activations
     are read at (None: the family's ``default_t``); ``prompt``: every candidate drawn with this prompt;
     ``n_concept`` concept (and negative) images; ``seed``; ``layers`` steered (None: the family's recipe,
-    ``adapter.steering_layers()``)."""
+    ``adapter.steering_layers()``); ``pool`` of the concept activations (None: the family's
+    ``steering_pool``; ``flatten`` keeps every position, and the vector is added position by position)."""
 
     concept: str = "ink"
     negative: str = "auto"
@@ -76,6 +77,7 @@ class SteerConfig:
     n_concept: int = 200
     seed: int = 0
     layers: tuple[str, ...] | None = None
+    pool: str | None = None
 
     def __post_init__(self):
         check(bool(self.groups) and set(self.groups) <= set(GROUPS),
@@ -341,11 +343,13 @@ def run_steer(adapter: Adapter, cfg: SteerConfig = SteerConfig(), quiet: bool = 
     win = parse_window(cfg.window, cfg.steps)
     alphas = [float(a) for a in cfg.alphas]
     require_record(adapter, "steering picks memorized and generalized samples by exact labels")
+    check(cfg.pool in (None, "spatial_mean", "token_mean", "flatten"),
+          f"pool={cfg.pool!r}: one of spatial_mean, token_mean, flatten")
     known = dict(adapter.denoiser.named_modules())
     for name in cfg.layers or ():
         check(name in known, f"layers={name!r}: no such module of the {adapter.family} denoiser")
     concept = prompt_concept(adapter, cfg) if prompt_model else pixel_concept(adapter, cfg)
-    cv = ConceptVector(adapter, cfg.layers, t=cfg.t, mode="mean_diff" if concept.negatives is not None else "mean",
+    cv = ConceptVector(adapter, cfg.layers, t=cfg.t, pool=cfg.pool, mode="mean_diff" if concept.negatives is not None else "mean",
                        seed=cfg.seed).fit(concept.positives, concept.negatives, cond=concept.pos_cond,
                                           negative_cond=concept.neg_cond)
     targets = copy_targets(adapter)                  # what a copy of each training image looks like, and its count
@@ -381,7 +385,7 @@ def run_steer(adapter: Adapter, cfg: SteerConfig = SteerConfig(), quiet: bool = 
     result = {"concept": cfg.concept, "attribute": concept.attribute, "measure": concept.measure,
               "target_class": concept.target, "negative": concept.negative,
               "alphas": alphas, "steps": cfg.steps, "window": list(win), "guidance": cfg.guidance, "t": cv.t_,
-              "layers": cv.layers_, "mode": cv.mode, "prompt": cfg.prompt, "seed": cfg.seed,
+              "layers": cv.layers_, "pool": cv.pool_, "mode": cv.mode, "prompt": cfg.prompt, "seed": cfg.seed,
               "design": "prompts" if prompt_model else "pool", "candidates": len(lab["ratio"]),
               "n_concept": len(concept.positives), "classifier_test_accuracy": concept.classifier_test_accuracy,
               "groups": groups, "resist": resist,
