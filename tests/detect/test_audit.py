@@ -60,7 +60,7 @@ def test_audit_of_given_images_writes_flags_and_verdict(tiny, tmp_path):
     r = json.loads((tmp_path / "a" / "audit.json").read_text())
     flags = pd.read_parquet(tmp_path / "a" / "flags.parquet")
     assert r["n"] == len(flags) == 10 and r["n_flagged"] == int(flags["flagged"].sum())
-    assert r["detector"]["source"].startswith("label-free max z") and r["fpr_target"] == 0.1
+    assert r["detector"]["source"].startswith("label-free residual at t = ") and r["fpr_target"] == 0.1
     assert r["n_reference"] == 8                     # half fits the label-free statistics, half the threshold
     assert (flags["score"] > r["threshold"]).tolist() == flags["flagged"].tolist()
     assert "precision" not in r and r["verdict"].startswith(f"{r['n_flagged']} of 10 samples")

@@ -35,7 +35,8 @@ def test_residual_is_read_at_the_schedules_t_and_z_values_against_the_reference(
     z = np.stack([(s[k] - det.mean_[k]) / det.scale_[k] for k in BASE_SCORES])
     np.testing.assert_allclose(s["max_z"], z.max(0))
     np.testing.assert_allclose(s["mean_z"], z.mean(0))
-    assert "t = 92" in det.describe() and "t = 10" in det.describe()
+    assert det.describe() == "label-free residual at t = 92 (signal-to-noise ratio 10)"
+    assert "residual at t = 92, the others at t = 10" in LabelFreeDetector(adapter, combine="max_z").describe()
 
 
 @pytest.mark.parametrize("combine", ["residual", "mean_z"])
