@@ -5,7 +5,8 @@ study samples the model as a user would (pixel models: every class in turn at gu
 text-to-image: the record's prompts, 4 generations each at guidance 7.5), labels every sample
 exactly (d1/d2 < 1/3 against the round trips of the training images), and scores it with every
 *label-free* score: nothing is fitted on any label of the model. Layer and t are the family's fixed
-defaults (``adapter.default_layer``, ``adapter.default_t``).
+defaults (``adapter.default_layer``, ``adapter.default_t``); the residual's t is read off the noise
+schedule (``adapter.residual_t``, signal-to-noise ratio 10).
 
 * ``residual`` −log‖ε̂ − ε‖², ``spikiness`` (std of the default layer, the paper), ``nemo`` (max unit
   z against reference half A), ``output_norm`` (−Σ ε(x₀)⁴); ``mean_z`` / ``max_z``: the mean / max of
