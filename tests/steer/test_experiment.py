@@ -228,6 +228,13 @@ def test_steering_a_text_to_image_model_by_prompt_groups_and_a_caption_word(tmp_
     assert gen["alpha0_equals_unsteered"] and gen["shape_iou_curve"][0] == 1.0 and len(gen["copy_curve"]) == 2
     assert gen["output_change_per_unit"] > 0                                # the vector moved the samples
     assert (tmp_path / "s" / "steer_grid.png").exists()
+    assert len(gen["class_kept_curve"]) == 2 and gen["class_kept_curve"][0] == 1.0 and gen["edit"]["alpha"] in (0, 2)
+    # the text's own direction: held-out images lacking the word, read with it swapped in and with their own
+    w = run_steer(tmp_path / "w", model=str(tmp_path / "m"), concept=colour, negative="swap", guidance=3.5,
+                  alphas="0,2", n_per_group=3, n_concept=8, steps=6, window="2:6", pool="flatten", quiet=True)
+    lacking = sum(c != colour for c in held)
+    assert w["negative"] == "swap" and w["mode"] == "mean_diff" and w["n_concept"] == min(8, lacking)
+    assert w["pool"] == "flatten" and w["groups"]["generalized"]["output_change_per_unit"] > 0
 
 
 def test_swap_word_replaces_the_word_of_the_concept_s_vocabulary_only():
