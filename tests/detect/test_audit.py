@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from diffmem.models import load_adapter
+
 from diffmem.cli import main
 from diffmem.detect.audit import calibrate_on_reference, flag_quality, share_ci
 from diffmem.errors import DiffmemError
@@ -60,8 +62,10 @@ def test_audit_of_given_images_writes_flags_and_verdict(tiny, tmp_path):
     r = json.loads((tmp_path / "a" / "audit.json").read_text())
     flags = pd.read_parquet(tmp_path / "a" / "flags.parquet")
     assert r["n"] == len(flags) == 10 and r["n_flagged"] == int(flags["flagged"].sum())
-    assert r["detector"]["source"].startswith("label-free residual at t = ") and r["fpr_target"] == 0.1
-    assert r["n_reference"] == 8                     # half fits the label-free statistics, half the threshold
+    t = load_adapter(model).residual_t
+    assert r["detector"] == {"source": f"label-free residual at t = {t} (signal-to-noise ratio 10)", "t": t,
+                             "features": ["residual"]} and r["fpr_target"] == 0.1
+    assert r["n_reference"] == 16                    # the residual fits nothing: every reference sets the threshold
     assert (flags["score"] > r["threshold"]).tolist() == flags["flagged"].tolist()
     assert "precision" not in r and r["verdict"].startswith(f"{r['n_flagged']} of 10 samples")
     for f in ("audit_scores.png", "top_flagged.png"):

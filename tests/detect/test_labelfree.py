@@ -39,15 +39,27 @@ def test_residual_is_read_at_the_schedules_t_and_z_values_against_the_reference(
     assert "residual at t = 92, the others at t = 10" in LabelFreeDetector(adapter, combine="max_z").describe()
 
 
-@pytest.mark.parametrize("combine", ["residual", "mean_z"])
+@pytest.mark.parametrize("combine", ["residual", "nemo", "mean_z"])
 def test_any_score_can_be_the_detectors(adapter, combine):
     ref, x = _images(12, 0), _images(6, 1)
     det = LabelFreeDetector(adapter, combine=combine, seed=2).fit(ref)
     np.testing.assert_array_equal(det.score(x), det.score_all(x)[combine])
-    assert det.features_[0] == combine and sorted(det.features_) == sorted(set([combine, *BASE_SCORES]))
-    assert combine in SCORES
+    assert det.features_ == ([combine] if combine in BASE_SCORES else [combine, *BASE_SCORES])
+    assert det.t_ == (92 if combine == "residual" else 10)
+
+
+def test_the_residual_needs_no_reference_and_the_combinations_do(adapter):
+    x = _images(6, 1)
+    det = LabelFreeDetector(adapter, seed=2)
+    assert not det.needs_reference and LabelFreeDetector(adapter, combine="max_z").needs_reference
+    np.testing.assert_array_equal(det.fit().score(x), LabelFreeDetector(adapter, seed=2).fit(_images(12, 0)).score(x))
+    with pytest.raises(DiffmemError, match="combine 'max_z' needs reference images"):
+        LabelFreeDetector(adapter, combine="max_z").fit()
+    with pytest.raises(DiffmemError, match="call fit"):
+        LabelFreeDetector(adapter).score(x)
 
 
 def test_an_unknown_combination_is_refused_at_fit(adapter):
     with pytest.raises(DiffmemError, match="combine 'median_z'"):
         LabelFreeDetector(adapter, combine="median_z").fit(_images(12, 0))
+    assert set(SCORES) == {*BASE_SCORES, "mean_z", "max_z"}

@@ -228,13 +228,17 @@ def test_steering_a_text_to_image_model_by_prompt_groups_and_a_caption_word(tmp_
     assert gen["alpha0_equals_unsteered"] and gen["shape_iou_curve"][0] == 1.0 and len(gen["copy_curve"]) == 2
     assert gen["output_change_per_unit"] > 0                                # the vector moved the samples
     assert (tmp_path / "s" / "steer_grid.png").exists()
-    assert len(gen["class_kept_curve"]) == 2 and gen["class_kept_curve"][0] == 1.0 and gen["edit"]["alpha"] in (0, 2)
+    kept_at_2 = gen["shape_iou_curve"][1] >= 0.8 or gen["class_kept_curve"][1] >= 0.9
+    assert len(gen["class_kept_curve"]) == 2 and gen["edit"]["alpha"] == (2.0 if kept_at_2 else 0.0)
     # the text's own direction: held-out images lacking the word, read with it swapped in and with their own
     w = run_steer(tmp_path / "w", model=str(tmp_path / "m"), concept=colour, negative="swap", guidance=3.5,
                   alphas="0,2", n_per_group=3, n_concept=8, steps=6, window="2:6", pool="flatten", quiet=True)
     lacking = sum(c != colour for c in held)
     assert w["negative"] == "swap" and w["mode"] == "mean_diff" and w["n_concept"] == min(8, lacking)
-    assert w["pool"] == "flatten" and w["groups"]["generalized"]["output_change_per_unit"] > 0
+    assert w["groups"]["generalized"]["output_change_per_unit"] > 0
+    per_channel, per_position = (ConceptVector.load(tmp_path / d / "concept").vectors_ for d in ("s", "w"))
+    for layer, v in per_position.items():           # one value per channel and position: C·H·W, H·W > 1
+        assert v.numel() % per_channel[layer].numel() == 0 and v.numel() > per_channel[layer].numel()
 
 
 def test_swap_word_replaces_the_word_of_the_concept_s_vocabulary_only():
@@ -285,3 +289,20 @@ def test_the_edit_ends_at_the_last_strength_where_shape_or_class_is_kept():
     assert e["monotonicity"] == pytest.approx(np.mean([1, 0.5, 1, 1]))
     assert _edit(imgs, alphas, scores, iou, None, seed=0)["alpha"] == 1.0            # IoU alone: breaks at 2
     assert "attribute_gain" not in _edit(imgs, alphas, scores, np.array([[1, 0.5, 0.5, 0.5]] * 4), None, 0)
+
+
+def test_bad_steering_inputs_fail_with_one_line_naming_them(unet, tiny_bench_model, tmp_path):
+    layer = "up_blocks.0.resnets.1"
+    x = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    with pytest.raises(DiffmemError, match=f"layer '{layer}': a vector of 5 values fits neither"):
+        with steering(unet, {layer: torch.ones(5)}, 1.0, (0, 1)):
+            unet.denoise(x, 500, unet.condition([0]))
+    assert not any(m._forward_hooks for m in unet.denoiser.modules())          # removed on the way out
+    with pytest.raises(DiffmemError, match="pool='spatial_max'"):
+        SteerConfig(pool="spatial_max")
+    from diffmem.commands.steer import steer as run_steer
+    with pytest.raises(DiffmemError, match="negative=swap: swaps a word of the captions"):
+        run_steer(tmp_path / "s", model=tiny_bench_model, negative="swap", alphas="0,1", quiet=True)
+    with pytest.raises(DiffmemError, match="layer 'up_blocks.9': no such module"):
+        run_steer(tmp_path / "l", model=tiny_bench_model, layers="up_blocks.9", alphas="0,1", quiet=True)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "l").exists()

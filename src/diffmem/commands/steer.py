@@ -12,7 +12,7 @@ from diffmem.models import load_adapter
 from diffmem.outputs import check_out, output_dir
 from diffmem.plotting import plt, save
 from diffmem.schemas import SteerFile, write_result
-from diffmem.steer.experiment import GROUPS, SteerConfig, SteerResult, run_steer
+from diffmem.steer.experiment import GROUPS, STEER_POOLS, SteerConfig, SteerResult, run_steer
 
 ModelDir = Annotated[str | None, Opt("model folder with a training record (default: the shipped hybrid)",
                                      positional=True, metavar="MODEL_DIR")]
@@ -49,12 +49,12 @@ def steer(out: Out, model: ModelDir = None, concept: Concept = "ink", negative: 
                                          "family's, 10 for diffusers models)", min=0)] = None,
           prompt: Prompt = None,
           n_concept: Annotated[int, Opt("concept (and negative) images averaged", min=1)] = 200,
-          layers: Annotated[tuple | None, Opt("layers steered (default: the family's recipe; SD: "
-                                              "up_blocks.0.resnets.* and up_blocks.1.resnets.0,1)",
+          layers: Annotated[tuple | None, Opt("comma-separated module names to steer (default: the family's "
+                                              "recipe, e.g. up_blocks.0.resnets.0,up_blocks.0.resnets.1 for SD)",
                                               list_of=str)] = None,
-          pool: Annotated[str | None, Opt("pooling of the concept activations (default: the family's, spatial "
-                                          "mean); flatten: one vector per position, added position by position",
-                                          choices=("spatial_mean", "token_mean", "flatten"))] = None,
+          pool: Annotated[str | None, Opt("pooling of the concept activations (default: the family's: spatial "
+                                          "mean for UNets, token mean for DiT); flatten: one value per channel and "
+                                          "position, added position by position", choices=STEER_POOLS)] = None,
           device: Device = "auto", dtype: DType = "float32", allow_pickle: AllowPickle = False,
           seed: Seed = 0, quiet: Quiet = False) -> dict:
     """Fit a concept vector, steer memorized and generalized samples, write ``steer.json`` +

@@ -237,11 +237,13 @@ def run_audit(adapter, inputs: AuditInputs = AuditInputs(), cfg: AuditConfig = A
     if ref is None:                       # generations of the reference prompts, from noise the samples do not use
         ref = sample_images(adapter, cfg.n_reference, ref_conds, Sampler(cfg.guidance, cfg.steps, batch_size=cfg.batch_size),
                             cfg.seed, quiet, indices=range(len(x), len(x) + cfg.n_reference))
-    if label_free:              # its statistics from one half of the references, the threshold from the other
-        check(len(ref) >= 16, f"reference: {len(ref)} images; the label-free detector needs at least 16")
+    if label_free and det.needs_reference:      # statistics from one half of the references, the threshold from the other
+        check(len(ref) >= 16, f"reference: {len(ref)} images; the label-free {det.combine} needs at least 16")
         perm = torch.from_numpy(np.random.default_rng(cfg.seed).permutation(len(ref)))
         det.fit(ref[perm[:len(ref) // 2]])
         ref = ref[perm[len(ref) // 2:]]
+    elif label_free:                            # a fixed function of the model: every reference sets the threshold
+        det.fit()
     null = cal.null_images(adapter, ref, cfg.seed, cfg.batch_size)
     null_scores = det.score(null, [image_key(im) for im in null])
     threshold, realized = calibrate_on_reference(null_scores, cfg.fpr, cfg.seed)

@@ -30,8 +30,9 @@ SCORES = BASE_SCORES + COMBINATIONS
 
 
 class LabelFreeDetector(Params):
-    """``fit(reference)`` (held-out real images (N, C, H, W), N ≥ 8) sets NeMo's unit statistics and each
-    base score's mean and sd (``mean_``, ``scale_``); ``score_all(images)`` gives every base score and both
+    """``fit(reference)`` (held-out real images (N, C, H, W), N ≥ 8; optional for the residual, spikiness
+    and output norm alone) sets NeMo's unit statistics and each base score's mean and sd (``mean_``,
+    ``scale_``); ``score_all(images)`` gives every base score and both
     combinations, ``score(images)`` the ``combine`` one (default ``residual``), higher = memorized."""
 
     def __init__(self, adapter=None, combine: str = "residual", fpr: float = 0.01, batch_size: int = 256,
@@ -40,11 +41,19 @@ class LabelFreeDetector(Params):
 
     @property
     def t_(self) -> float:
-        return self.adapter.default_t
+        """The timestep of the detector's score: ``residual_t_`` for the residual, else ``default_t``."""
+        return self.residual_t_ if self.combine == "residual" else self.adapter.default_t
 
     @property
     def features_(self) -> list[str]:
-        return [self.combine, *(b for b in BASE_SCORES if b != self.combine)]
+        """The scores the detector's score is made of."""
+        return [self.combine] if self.combine in BASE_SCORES else [self.combine, *BASE_SCORES]
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether ``fit`` needs reference images: NeMo's unit statistics and the z-combinations do; the
+        residual, spikiness and output norm are fixed functions of the model."""
+        return self.combine in ("nemo", *COMBINATIONS)
 
     def _base(self, x: torch.Tensor, keys: Sequence[str] | None = None,
               names: Sequence[str] = BASE_SCORES) -> dict[str, np.ndarray]:
@@ -64,24 +73,30 @@ class LabelFreeDetector(Params):
 
     def describe(self) -> str:
         """The detector in words, for ``audit.json`` and the report."""
+        rule = self.adapter.residual_rule
         if self.combine == "residual":
-            return f"label-free residual at t = {self.residual_t_:g} (signal-to-noise ratio 10)"
+            return f"label-free residual at t = {self.residual_t_:g} ({rule})"
         what = {"max_z": "max z of residual, spikiness, NeMo and output norm",
                 "mean_z": "mean z of residual, spikiness, NeMo and output norm"}.get(self.combine, self.combine)
-        return f"label-free {what} (residual at t = {self.residual_t_:g}, the others at t = {self.t_:g})"
+        return f"label-free {what} (residual at t = {self.residual_t_:g}, the others at t = {self.adapter.default_t:g})"
 
-    def fit(self, reference: torch.Tensor, keys: Sequence[str] | None = None) -> "LabelFreeDetector":
+    def fit(self, reference: torch.Tensor | None = None, keys: Sequence[str] | None = None) -> "LabelFreeDetector":
+        """Build the scores; with ``reference`` (R, C, H, W), R ≥ 8, also NeMo's statistics and every base
+        score's mean and sd against it (needed by ``score_all`` and whenever :attr:`needs_reference`)."""
         check(self.combine in SCORES, f"combine {self.combine!r}: one of {', '.join(SCORES)}")
-        check(self.adapter is not None and len(reference) >= 8, "LabelFreeDetector: needs an adapter and >= 8 "
-                                                                "reference images")
+        check(self.adapter is not None, "LabelFreeDetector: needs an adapter")
+        check(reference is not None or not self.needs_reference,
+              f"LabelFreeDetector: combine {self.combine!r} needs reference images")
+        check(reference is None or len(reference) >= 8, "LabelFreeDetector: needs >= 8 reference images")
         a, t = self.adapter, self.adapter.default_t
         self.residual_ = FusionDetector.residual_only(a, t=a.residual_t, seed=self.seed, batch_size=self.batch_size)
         self.methods_ = {"spikiness": official_spikiness_method(a, self.seed),
-                         "nemo": nemo_method(a, [a.default_layer], [t], reference, self.seed, self.batch_size),
                          "output_norm": output_norm_method(a, [t], self.seed)}
-        ref = self._base(reference, keys)
-        self.mean_ = {k: float(np.mean(v)) for k, v in ref.items()}
-        self.scale_ = {k: float(np.std(v)) or 1.0 for k, v in ref.items()}
+        if reference is not None:
+            self.methods_["nemo"] = nemo_method(a, [a.default_layer], [t], reference, self.seed, self.batch_size)
+            ref = self._base(reference, keys)
+            self.mean_ = {k: float(np.mean(v)) for k, v in ref.items()}
+            self.scale_ = {k: float(np.std(v)) or 1.0 for k, v in ref.items()}
         return self
 
     def score_all(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -93,6 +108,6 @@ class LabelFreeDetector(Params):
     def score(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> np.ndarray:
         """The ``combine`` score (N,); a base score alone is computed alone."""
         if self.combine in BASE_SCORES:
-            check(hasattr(self, "mean_"), "LabelFreeDetector: call fit(reference) first")
+            check(hasattr(self, "residual_"), "LabelFreeDetector: call fit first")
             return self._base(images, keys, [self.combine])[self.combine]
         return self.score_all(images, keys)[self.combine]

@@ -158,6 +158,8 @@ class Adapter:
         """Standard deviation σ_t of the noise in z_t (score = −ε/σ_t); t itself for noise-level families."""
         return float(t)
 
+    residual_rule: str = "the family's default t"    # how residual_t is chosen, in words
+
     @property
     def residual_t(self) -> float:
         """The timestep of the label-free residual score (:mod:`diffmem.detect.labelfree`): ``default_t``
@@ -265,6 +267,7 @@ class _SchedulerNoise:
     """DDPM-style forward noising z_t = √ᾱ_t z + √(1−ᾱ_t) ε via the scheduler's ``add_noise``."""
 
     scheduler: object
+    residual_rule = f"signal-to-noise ratio {RESIDUAL_SNR:g}"
 
     @property
     def residual_t(self) -> int:

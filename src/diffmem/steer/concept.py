@@ -19,7 +19,8 @@ MODES = ("mean", "mean_diff")
 
 
 class ConceptVector(Params):
-    """``fit(positives, negatives=None)`` → ``vectors_`` {layer: (C,)}.
+    """``fit(positives, negatives=None)`` → ``vectors_`` {layer: (C,)}, or {layer: (C·H·W,)} with the
+    ``flatten`` pool (one value per channel and position).
 
     mode ``mean``: mean over positives of the pooled activation (the paper's released code);
     ``mean_diff``: positives' mean minus negatives' mean (h-space style, Haas et al.). Activations

@@ -37,6 +37,7 @@ from diffmem.errors import DiffmemError, check
 from diffmem.neighbours import label_samples
 from diffmem.outputs import progress
 from diffmem.probe.adapters import Adapter
+from diffmem.probe.capture import parse_layer
 from diffmem.probe.sampling import Sampler, sample_images
 from diffmem.steer.attributes import ATTRIBUTES, attribute_concept, attribute_percentile, garment_iou
 from diffmem.steer.classifier import CLASSIFIER, class_probabilities, class_probability, load_classifier
@@ -49,6 +50,7 @@ GROUPS = ("memorized", "generalized")
 GRID_ROWS = 6          # samples per group shown in steer_grid.png
 BREAK_IOU = 0.8        # an edit keeps the garment: mean mask IoU with the unsteered sample at least this
 KEPT_CLASS = 0.9       # … or the classifier's class of the unsteered sample, for at least this share
+STEER_POOLS = ("spatial_mean", "token_mean", "flatten")   # concept pools: one value per channel, or per position
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class SteerConfig:
         text = ",".join(f"{v:g}" for v in a)
         check(len(a) >= 2 and all(np.isfinite(a)), f"alphas={text}: need at least two finite numbers")
         check(a == sorted(a) and a[0] == 0 and len(set(a)) == len(a), f"alphas={text}: must start at 0 and increase")
+        check(self.pool in (None, *STEER_POOLS), f"pool={self.pool!r}: one of {', '.join(STEER_POOLS)}")
 
 
 @dataclass
@@ -165,6 +168,8 @@ def pixel_concept(adapter: Adapter, cfg: SteerConfig) -> Concept:
     """A concept for class-conditional or unconditional models (attributes score on odd held-out images,
     their concept images are even ones)."""
     spec, negative = cfg.concept, None if cfg.negative in (None, "", "none") else cfg.negative
+    check(negative != "swap", "negative=swap: swaps a word of the captions, so it needs a text-to-image model "
+                              "with a captioned training record")
     attribute = spec.lower() if spec.lower() in ATTRIBUTES else None
     if attribute is not None:
         refs = _held_out(adapter)
@@ -207,12 +212,12 @@ def prompt_concept(adapter: Adapter, cfg: SteerConfig) -> Concept:
     held = reference_images(adapter)[0]                              # (N, C, H, W), the record's held-out items
     caps = record_reference_captions(adapter.record)
     has = np.array([_has_word(c, word) for c in caps])
-    check(has.sum() >= 2, f"concept={cfg.concept!r}: fewer than 2 held-out captions name it")
-    pos_idx, neg_idx = np.flatnonzero(has)[:cfg.n_concept], np.flatnonzero(~has)[:cfg.n_concept]
     negative = None if cfg.negative in (None, "", "none") else cfg.negative
     check(negative in (None, "auto", "swap"), f"negative={negative}: a concept word's negatives are the held-out "
                                               f"images whose caption lacks it ('auto'), the same images with the "
                                               f"word swapped in ('swap') or none")
+    check(negative == "swap" or has.sum() >= 2, f"concept={cfg.concept!r}: fewer than 2 held-out captions name it")
+    pos_idx, neg_idx = np.flatnonzero(has)[:cfg.n_concept], np.flatnonzero(~has)[:cfg.n_concept]
     target = _fashion_class(word) if word in [c.lower() for c in FASHION_MNIST_CLASSES] or word.isdigit() else None
     if word in ATTRIBUTES:
         score = lambda im: attribute_percentile(word, im, held)  # noqa: E731
@@ -223,12 +228,12 @@ def prompt_concept(adapter: Adapter, cfg: SteerConfig) -> Concept:
         score, accuracy = _class_scorer(target)
         measure = "classifier P(concept class) of the garment's shape"
     if negative == "swap":                    # the text's own direction: one image, two captions
-        swapped = [_swap_word(caps[i], word) for i in neg_idx]
-        keep = [j for j, c in enumerate(swapped) if c != caps[neg_idx[j]]]
-        check(len(keep) >= 2, f"concept={cfg.concept!r}: negative=swap needs a colour or class word of the captions")
-        idx = neg_idx[keep]
-        return Concept(held[idx], held[idx], [swapped[j] for j in keep], [caps[i] for i in idx], score, measure,
-                       target=target, attribute=word if word in ATTRIBUTES else None, word=word,
+        idx = np.array([i for i in np.flatnonzero(~has) if _swap_word(caps[i], word) != caps[i]],
+                       dtype=int)[:cfg.n_concept]
+        check(len(idx) >= 2, f"concept={cfg.concept!r}: negative=swap needs 2 held-out captions with a word of "
+                             f"its vocabulary (colour or class) to swap it into")
+        return Concept(held[idx], held[idx], [_swap_word(caps[i], word) for i in idx], [caps[i] for i in idx],
+                       score, measure, target=target, attribute=word if word in ATTRIBUTES else None, word=word,
                        negative=negative, classifier_test_accuracy=accuracy)
     return Concept(held[pos_idx], held[neg_idx] if negative else None, [caps[i] for i in pos_idx],
                    [caps[i] for i in neg_idx] if negative else None, score, measure, target=target,
@@ -343,11 +348,9 @@ def run_steer(adapter: Adapter, cfg: SteerConfig = SteerConfig(), quiet: bool = 
     win = parse_window(cfg.window, cfg.steps)
     alphas = [float(a) for a in cfg.alphas]
     require_record(adapter, "steering picks memorized and generalized samples by exact labels")
-    check(cfg.pool in (None, "spatial_mean", "token_mean", "flatten"),
-          f"pool={cfg.pool!r}: one of spatial_mean, token_mean, flatten")
-    known = dict(adapter.denoiser.named_modules())
     for name in cfg.layers or ():
-        check(name in known, f"layers={name!r}: no such module of the {adapter.family} denoiser")
+        check("@" not in name, f"layers={name!r}: steering hooks every call of a module; no '@k'")
+        parse_layer(name, adapter.denoiser)
     concept = prompt_concept(adapter, cfg) if prompt_model else pixel_concept(adapter, cfg)
     cv = ConceptVector(adapter, cfg.layers, t=cfg.t, pool=cfg.pool, mode="mean_diff" if concept.negatives is not None else "mean",
                        seed=cfg.seed).fit(concept.positives, concept.negatives, cond=concept.pos_cond,

@@ -58,15 +58,19 @@ def steering(adapter: Adapter, vectors: dict[str, torch.Tensor], alpha: float, w
     counter = StepCounter()
     start, end = window
 
-    def make(v: torch.Tensor):
+    def make(name: str, v: torch.Tensor):
         def hook(_module, _inputs, output):
             if not (start <= counter.step < end) or alpha == 0:
                 return None
             h = output[0] if isinstance(output, tuple) else output
+            channels = h.shape[1] if h.ndim == 4 else h.shape[-1]
             if v.numel() == h[0].numel() and h.ndim > 2:       # a whole activation (flatten pool): per position
                 shape = (1, *h.shape[1:])
-            else:                                               # one value per channel, broadcast
+            elif v.numel() == channels:                         # one value per channel, broadcast
                 shape = (1, -1) + (1,) * (h.ndim - 2) if h.ndim == 4 else (1,) * (h.ndim - 1) + (-1,)
+            else:
+                raise DiffmemError(f"layer {name!r}: a vector of {v.numel()} values fits neither its {channels} "
+                                   f"channels nor its output {tuple(h.shape[1:])}")
             delta = (alpha * v.to(h)).view(shape)
             if cfg_batch and cond_only:
                 half = h.shape[0] // 2
@@ -83,7 +87,7 @@ def steering(adapter: Adapter, vectors: dict[str, torch.Tensor], alpha: float, w
     handles = [adapter.denoiser.register_forward_pre_hook(counter)]
     try:
         for name, v in vectors.items():
-            handles.append(modules[name].register_forward_hook(make(v)))
+            handles.append(modules[name].register_forward_hook(make(name, v)))
         yield counter
     finally:
         for h in handles:
