@@ -1,3 +1,4 @@
+import contextlib
 import json
 
 import numpy as np
@@ -40,6 +41,19 @@ def test_concept_vector_is_the_mean_of_pooled_activations(unet, tmp_path):
         ConceptVector(unet, layers=layers, mode="mean_diff").fit(pos)
 
 
+def _output(unet, module, x, cond, vectors=None, alpha=0.0):
+    """``module``'s output when the denoiser runs once on x, with ``vectors`` steered at ``alpha`` if given."""
+    got = []
+    ctx = steering(unet, vectors, alpha, (0, 1)) if vectors else contextlib.nullcontext()
+    with ctx:                                             # registered after steering's hook: sees its result
+        handle = module.register_forward_hook(lambda m, i, o: got.append(o.detach().clone()))
+        try:
+            unet.denoise(x, 500, cond)
+        finally:
+            handle.remove()
+    return got[0]
+
+
 def test_hook_adds_exactly_alpha_v_inside_the_window_only(unet):
     layer = "up_blocks.0.resnets.1"
     module = dict(unet.denoiser.named_modules())[layer]
@@ -59,15 +73,9 @@ def test_hook_adds_exactly_alpha_v_inside_the_window_only(unet):
     for k in range(4):
         same = torch.equal(outs[k], plain[k])
         assert same == (k not in (1, 2))
-    steered_out = {}
-    with steering(unet, {layer: v}, 0.7, (0, 1)):
-        h2 = module.register_forward_hook(lambda m, i, o: steered_out.setdefault("h", o.detach().clone()))
-        try:
-            unet.denoise(x, 500, cond)
-        finally:
-            h2.remove()
     # a hook registered after steering's sees the steered output: exactly h + 0.7 v
-    assert torch.allclose(steered_out["h"] - seen[0], 0.7 * v.view(1, -1, 1, 1).expand_as(seen[0]), atol=1e-6)
+    steered = _output(unet, module, x, cond, {layer: v}, 0.7)
+    assert torch.allclose(steered - seen[0], 0.7 * v.view(1, -1, 1, 1).expand_as(seen[0]), atol=1e-6)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.denoiser.modules())
 
 
@@ -256,21 +264,10 @@ def test_a_whole_activation_vector_is_added_position_by_position(unet):
     module = dict(unet.denoiser.named_modules())[layer]
     x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(2))
     cond = unet.condition([0, 1])
-    got = {}
-    rec = module.register_forward_hook(lambda m, i, o: got.setdefault("plain", o.detach().clone()))
-    try:
-        unet.denoise(x, 500, cond)
-    finally:
-        rec.remove()
-    h = got["plain"]                                                                   # (2, C, H, W)
+    h = _output(unet, module, x, cond)                                                 # (2, C, H, W)
     v = torch.randn(h[0].numel(), generator=torch.Generator().manual_seed(3))
-    with steering(unet, {layer: v}, 0.5, (0, 1)):
-        h2 = module.register_forward_hook(lambda m, i, o: got.setdefault("steered", o.detach().clone()))
-        try:
-            unet.denoise(x, 500, cond)
-        finally:
-            h2.remove()
-    assert torch.allclose(got["steered"] - h, 0.5 * v.view(1, *h.shape[1:]).expand_as(h), atol=1e-6)
+    steered = _output(unet, module, x, cond, {layer: v}, 0.5)
+    assert torch.allclose(steered - h, 0.5 * v.view(1, *h.shape[1:]).expand_as(h), atol=1e-6)
 
 
 def test_the_edit_ends_at_the_last_strength_where_shape_or_class_is_kept():

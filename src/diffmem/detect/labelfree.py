@@ -76,8 +76,8 @@ class LabelFreeDetector(Params):
         rule = self.adapter.residual_rule
         if self.combine == "residual":
             return f"label-free residual at t = {self.residual_t_:g} ({rule})"
-        what = {"max_z": "max z of residual, spikiness, NeMo and output norm",
-                "mean_z": "mean z of residual, spikiness, NeMo and output norm"}.get(self.combine, self.combine)
+        what = (f"{self.combine.split('_')[0]} z of residual, spikiness, NeMo and output norm"
+                if self.combine in COMBINATIONS else self.combine)
         return f"label-free {what} (residual at t = {self.residual_t_:g}, the others at t = {self.adapter.default_t:g})"
 
     def fit(self, reference: torch.Tensor | None = None, keys: Sequence[str] | None = None) -> "LabelFreeDetector":
