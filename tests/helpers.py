@@ -12,3 +12,9 @@ def write_pngs(folder, n, size=20, seed=0):
         shape = (size, size) if mode == "L" else (size, size, len(mode))
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(folder / f"{i:03d}.png")
     return folder
+
+
+def uniform_images(n, seed, channels=1, size=16):
+    """n images (n, channels, size, size) uniform in [-1, 1], from a fixed seed."""
+    import torch
+    return torch.rand(n, channels, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1

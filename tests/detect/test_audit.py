@@ -63,9 +63,10 @@ def test_audit_of_given_images_writes_flags_and_verdict(tiny, tmp_path):
     flags = pd.read_parquet(tmp_path / "a" / "flags.parquet")
     assert r["n"] == len(flags) == 10 and r["n_flagged"] == int(flags["flagged"].sum())
     t = load_adapter(model).residual_t
-    assert r["detector"] == {"source": f"label-free residual at t = {t} (signal-to-noise ratio 10)", "t": t,
-                             "features": ["residual"]} and r["fpr_target"] == 0.1
-    assert r["n_reference"] == 16                    # the residual fits nothing: every reference sets the threshold
+    assert r["detector"] == {"source": f"label-free residual ratio to the references' Gaussian denoiser at t = {t} "
+                                       "(signal-to-noise ratio 10; 4 noise draws)", "t": t,
+                             "features": ["residual_ratio"]} and r["fpr_target"] == 0.1
+    assert r["n_reference"] == 8                     # half fits the Gaussian denoiser, the other half the threshold
     assert (flags["score"] > r["threshold"]).tolist() == flags["flagged"].tolist()
     assert "precision" not in r and r["verdict"].startswith(f"{r['n_flagged']} of 10 samples")
     for f in ("audit_scores.png", "top_flagged.png"):

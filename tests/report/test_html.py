@@ -60,7 +60,7 @@ def test_report_embeds_everything_and_references_nothing_outside(results):
     assert html.count("<figcaption>") == html.count("<img") and "Look for" in html
     assert len(html.encode()) <= 2_000_000
     assert audit["images"] == str(results.parent / "audit_images")            # paths as the user gave them
-    assert 0 <= audit["realized_fpr_reference"] <= 1 and audit["n"] == 12 and audit["n_reference"] == 20  # all 20: the label-free residual fits nothing
+    assert 0 <= audit["realized_fpr_reference"] <= 1 and audit["n"] == 12 and audit["n_reference"] == 10  # half: the other half fits the Gaussian denoiser
 
 
 def test_report_errors(tmp_path):

@@ -209,6 +209,12 @@ def test_colour_statistic_garment_iou_and_half_gain_by_hand():
     moved = torch.roll(tinted("red"), 2, dims=3)                            # shifted by half its width
     assert garment_iou(tinted("red"), tinted("red"))[0] == 1.0
     assert garment_iou(moved, tinted("red"))[0] == pytest.approx(8 / 24)    # overlap 8 px, union 24 px
+    for other in ("green", "blue", "cyan"):                                # recoloured or darkened: the same shape
+        assert garment_iou(tinted(other), tinted("red"))[0] == 1.0
+    assert garment_iou((tinted("red") + 1) * 0.35 - 1, tinted("red"))[0] == 1.0
+    block = torch.full_like(tinted("red"), -1.0)
+    block[..., 1:7, 1:7] = tinted("red")[..., 2:6, 2:6].mean((2, 3), keepdim=True)   # smeared into a block
+    assert garment_iou(block, tinted("red"))[0] == pytest.approx(16 / 36)
     assert curve_at([0, 1, 2], [0.1, 0.3, 0.9], 1.5) == pytest.approx(0.6)
     assert alpha_at_fraction([0, 1, 2], [0.1, 0.3, 0.9], 0.5) == pytest.approx(4 / 3)  # gain 0.4 of 0.8: 1 + 0.2/0.6
     assert alpha_at_fraction([0, 1], [0.5, 0.4], 0.5) is None                          # no gain
@@ -238,6 +244,7 @@ def test_steering_a_text_to_image_model_by_prompt_groups_and_a_caption_word(tmp_
     assert (tmp_path / "s" / "steer_grid.png").exists()
     kept_at_2 = gen["shape_iou_curve"][1] >= 0.8 or gen["class_kept_curve"][1] >= 0.9
     assert len(gen["class_kept_curve"]) == 2 and gen["edit"]["alpha"] == (2.0 if kept_at_2 else 0.0)
+    assert r["shape_measure_check"]["channels rotated"] == {"kind": "edit", "mean_iou": 1.0, "share_kept": 1.0}
     # the text's own direction: held-out images lacking the word, read with it swapped in and with their own
     w = run_steer(tmp_path / "w", model=str(tmp_path / "m"), concept=colour, negative="swap", guidance=3.5,
                   alphas="0,2", n_per_group=3, n_concept=8, steps=6, window="2:6", pool="flatten", quiet=True)
@@ -303,3 +310,23 @@ def test_bad_steering_inputs_fail_with_one_line_naming_them(unet, tiny_bench_mod
     with pytest.raises(DiffmemError, match="layer 'up_blocks.9': no such module"):
         run_steer(tmp_path / "l", model=tiny_bench_model, layers="up_blocks.9", alphas="0,1", quiet=True)
     assert not (tmp_path / "s").exists() and not (tmp_path / "l").exists()
+
+
+def test_the_shape_measure_keeps_known_edits_and_rejects_known_smears():
+    """Checked before it judges a steered sample: darkening, desaturating and recolouring keep every
+    silhouette; moving the garment or swapping it for another does not."""
+    from diffmem.steer.attributes import validate_shape_measure
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((24, 3, 16, 16), -1.0)
+    for i in range(24):                                   # garments of random size and place, random colour
+        h, w = torch.randint(5, 10, (2,), generator=g).tolist()
+        top, left = torch.randint(1, 16 - h, (1,), generator=g).item(), torch.randint(1, 16 - w, (1,), generator=g).item()
+        x[i, :, top:top + h, left:left + w] = torch.rand(3, 1, 1, generator=g) * 1.5 - 0.5
+    check = validate_shape_measure(x, 0.8)
+    assert {k for k, v in check.items() if v["kind"] == "edit"} == {"darker x0.7", "darker x0.5", "half desaturated",
+                                                                   "channels rotated"}
+    for name, v in check.items():
+        if v["kind"] == "edit":
+            assert v["share_kept"] == 1.0, name
+    assert check["shifted 4 px"]["share_kept"] < 0.2 and check["another garment"]["share_kept"] < 0.2
+    assert check["bounding block"]["mean_iou"] > 0.99      # a rectangle is its own bounding block

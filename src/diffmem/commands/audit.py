@@ -34,7 +34,7 @@ CalibrationKind = Annotated[str, Opt("fit the threshold on the reference images 
 RegenerateT0 = Annotated[int, Opt("regenerated calibration: the timestep the references are regenerated from",
                                   min=1, max=999)]
 Detector = Annotated[str | None, Opt("a detector saved by `diffmem bench` (default: MODEL_DIR/detector if present, "
-                                     "else the label-free residual at the schedule's signal-to-noise ratio 10)", metavar="DIR")]
+                                     "else the label-free residual ratio at the schedule's signal-to-noise ratio 10)", metavar="DIR")]
 
 
 def audit(model: Model, out: Out, images: Images = None,

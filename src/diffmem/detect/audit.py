@@ -108,7 +108,7 @@ class AuditInputs:
     training record's), or ``reference_prompts`` (text-to-image: the threshold is fitted on generations
     of never-trained prompts, named ``reference_prompts_name``); ``train``: training images to label
     copies (None: the record's); ``detector``: a saved detector folder (None: the model's own
-    ``detector/``, else the label-free residual), refused when fitted on other weights unless
+    ``detector/``, else the label-free residual ratio), refused when fitted on other weights unless
     ``allow_other_model``; ``input_range`` and ``allow_outside`` as for every image input."""
 
     images: str | None = None

@@ -158,6 +158,10 @@ class Adapter:
         """Standard deviation σ_t of the noise in z_t (score = −ε/σ_t); t itself for noise-level families."""
         return float(t)
 
+    def signal_scale(self, t: float) -> float:
+        """The scale of the clean signal in z_t = signal_scale · z + noise_std · ε; 1 for noise-level families."""
+        return 1.0
+
     residual_rule: str = "the family's default t"    # how residual_t is chosen, in words
 
     @property
@@ -288,6 +292,10 @@ class _SchedulerNoise:
     def noise_std(self, t):
         self.validate_t(t)
         return float(torch.sqrt(1 - self.scheduler.alphas_cumprod[int(t)]))
+
+    def signal_scale(self, t):
+        self.validate_t(t)
+        return float(torch.sqrt(self.scheduler.alphas_cumprod[int(t)]))
 
     def sampler(self, steps, eta=0.0):
         return DDIMSampler(self.scheduler, steps, eta)

@@ -39,7 +39,8 @@ from diffmem.outputs import progress
 from diffmem.probe.adapters import Adapter
 from diffmem.probe.capture import parse_layer
 from diffmem.probe.sampling import Sampler, sample_images
-from diffmem.steer.attributes import ATTRIBUTES, attribute_concept, attribute_percentile, garment_iou
+from diffmem.steer.attributes import (ATTRIBUTES, attribute_concept, attribute_percentile, garment_iou,
+                                     validate_shape_measure)
 from diffmem.steer.classifier import CLASSIFIER, class_probabilities, class_probability, load_classifier
 from diffmem.steer.concept import ConceptVector
 from diffmem.steer.hooks import parse_window, steering
@@ -50,6 +51,7 @@ GROUPS = ("memorized", "generalized")
 GRID_ROWS = 6          # samples per group shown in steer_grid.png
 BREAK_IOU = 0.8        # an edit keeps the garment: mean mask IoU with the unsteered sample at least this
 KEPT_CLASS = 0.9       # … or the classifier's class of the unsteered sample, for at least this share
+VALIDATION_IMAGES = 300   # held-out images the shape measure is checked on (known edits and smears)
 STEER_POOLS = ("spatial_mean", "token_mean", "flatten")   # concept pools: one value per channel, or per position
 
 
@@ -393,5 +395,6 @@ def run_steer(adapter: Adapter, cfg: SteerConfig = SteerConfig(), quiet: bool = 
               "n_concept": len(concept.positives), "classifier_test_accuracy": concept.classifier_test_accuracy,
               "groups": groups, "resist": resist,
               "break_alpha": broken[0] if broken else None, "break_rule": f"generalized mean shape IoU < {BREAK_IOU}",
+              "shape_measure_check": validate_shape_measure(_held_out(adapter)[:VALIDATION_IMAGES], BREAK_IOU, cfg.seed),
               "overhead_ratio": _overhead(lambda: draw(all_idx), lambda: draw(all_idx, alphas[-1]))}
     return SteerResult(result, rows, cv)
