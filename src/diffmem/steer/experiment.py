@@ -219,7 +219,6 @@ def prompt_concept(adapter: Adapter, cfg: SteerConfig) -> Concept:
                                               f"images whose caption lacks it ('auto'), the same images with the "
                                               f"word swapped in ('swap') or none")
     check(negative == "swap" or has.sum() >= 2, f"concept={cfg.concept!r}: fewer than 2 held-out captions name it")
-    pos_idx, neg_idx = np.flatnonzero(has)[:cfg.n_concept], np.flatnonzero(~has)[:cfg.n_concept]
     target = _fashion_class(word) if word in [c.lower() for c in FASHION_MNIST_CLASSES] or word.isdigit() else None
     if word in ATTRIBUTES:
         score = lambda im: attribute_percentile(word, im, held)  # noqa: E731
@@ -230,17 +229,17 @@ def prompt_concept(adapter: Adapter, cfg: SteerConfig) -> Concept:
         score, accuracy = _class_scorer(target)
         measure = "classifier P(concept class) of the garment's shape"
     if negative == "swap":                    # the text's own direction: one image, two captions
-        idx = np.array([i for i in np.flatnonzero(~has) if _swap_word(caps[i], word) != caps[i]],
-                       dtype=int)[:cfg.n_concept]
-        check(len(idx) >= 2, f"concept={cfg.concept!r}: negative=swap needs 2 held-out captions with a word of "
+        pos = neg = np.array([i for i in np.flatnonzero(~has) if _swap_word(caps[i], word) != caps[i]],
+                             dtype=int)[:cfg.n_concept]
+        check(len(pos) >= 2, f"concept={cfg.concept!r}: negative=swap needs 2 held-out captions with a word of "
                              f"its vocabulary (colour or class) to swap it into")
-        return Concept(held[idx], held[idx], [_swap_word(caps[i], word) for i in idx], [caps[i] for i in idx],
-                       score, measure, target=target, attribute=word if word in ATTRIBUTES else None, word=word,
-                       negative=negative, classifier_test_accuracy=accuracy)
-    return Concept(held[pos_idx], held[neg_idx] if negative else None, [caps[i] for i in pos_idx],
-                   [caps[i] for i in neg_idx] if negative else None, score, measure, target=target,
-                   attribute=word if word in ATTRIBUTES else None, word=word, negative=negative,
-                   classifier_test_accuracy=accuracy)
+        pos_caps = [_swap_word(caps[i], word) for i in pos]
+    else:
+        pos, neg = np.flatnonzero(has)[:cfg.n_concept], np.flatnonzero(~has)[:cfg.n_concept]
+        pos_caps = [caps[i] for i in pos]
+    return Concept(held[pos], held[neg] if negative else None, pos_caps, [caps[i] for i in neg] if negative else None,
+                   score, measure, target=target, attribute=word if word in ATTRIBUTES else None, word=word,
+                   negative=negative, classifier_test_accuracy=accuracy)
 
 
 # -- candidates ------------------------------------------------------------------------------------
