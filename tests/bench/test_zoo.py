@@ -8,6 +8,7 @@ import torch
 
 from diffmem.bench.zoo import ZOO, calibrations, empirical_null_shift, worst_case
 from diffmem.cli import main
+from diffmem.detect.labelfree import SCORES
 from diffmem.detect.metrics import rates_at
 from tests.conftest import needs_fmnist
 
@@ -31,7 +32,7 @@ def test_worst_case_is_the_minimum_over_models():
     def model(au, f, fc, o):
         s = {"auroc": {"mean": au}, "oracle_tpr": {"mean": o},
              "reference": {"fpr": {"mean": f}, "fpr_clear": {"mean": fc}, "tpr": {"mean": au}}}
-        return {"scores": {k: s for k in ("residual", "spikiness", "nemo", "output_norm", "mean_z", "max_z")}}
+        return {"scores": {k: s for k in SCORES}}
     w = worst_case({"a": model(0.99, 0.011, 0.0, 0.9), "b": model(0.9, 0.03, 0.012, 0.2),
                     "c": model(0.95, 0.002, 0.009, 0.5)}, 0.01)
     assert w["residual"]["auroc"] == 0.9 and w["residual"]["auroc_model"] == "b"
