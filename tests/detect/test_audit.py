@@ -83,9 +83,10 @@ def test_audit_inputs_are_checked_before_any_work(tiny, tmp_path, capsys):
     cases = [["--n", "5"],                                                   # no record: --reference needed
              ["--images", str(imgs), "--reference", str(tmp_path / "missing")],
              ["--images", str(imgs), "--reference", str(ref), "--classes", "1"],
-             ["--images", str(imgs), "--reference", str(ref), "--detector", str(tmp_path)]]
+             ["--images", str(imgs), "--reference", str(ref), "--detector", str(tmp_path)],
+             ["--n", "5", "--reference", str(imgs)]]                          # 10 images: the default needs 16
     words = ["--reference: ", "missing: no such file or folder", "classes, prompts: only when sampling",
-             "not a saved detector (no detector.json)"]
+             "not a saved detector (no detector.json)", "reference: 10 images; the label-free residual_ratio needs"]
     for extra, word in zip(cases, words):
         assert main(["audit", str(model), "--quiet", "--out", str(tmp_path / "x"), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()

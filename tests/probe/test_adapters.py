@@ -179,3 +179,13 @@ def test_residual_t_is_the_timestep_at_snr_10_of_each_schedule(family_model):
             assert load_adapter(path).residual_t == 188
         finally:
             DDPMScheduler().save_pretrained(path / "scheduler")
+
+
+def test_noising_is_signal_scale_times_z_plus_noise_std_times_eps(family_model):
+    """What the Gaussian denoiser of the residual ratio assumes about every family's ``add_noise``."""
+    _, path, _, _ = family_model
+    a = load_adapter(path)
+    g = torch.Generator().manual_seed(0)
+    z, eps = torch.randn(3, *a.latent_shape, generator=g), torch.randn(3, *a.latent_shape, generator=g)
+    t = a.residual_t
+    np.testing.assert_allclose(a.add_noise(z, t, eps), a.signal_scale(t) * z + a.noise_std(t) * eps, atol=1e-5)

@@ -324,9 +324,9 @@ def test_the_shape_measure_keeps_known_edits_and_rejects_known_smears():
         x[i, :, top:top + h, left:left + w] = torch.rand(3, 1, 1, generator=g) * 1.5 - 0.5
     check = validate_shape_measure(x, 0.8)
     assert {k for k, v in check.items() if v["kind"] == "edit"} == {"darker x0.7", "darker x0.5", "half desaturated",
-                                                                   "channels rotated"}
+                                                                   "channels rotated", "shaded 1 to 0.6 across"}
     for name, v in check.items():
-        if v["kind"] == "edit":
-            assert v["share_kept"] == 1.0, name
+        if v["kind"] == "edit":                           # shading is not invariant by construction: ≥ 0.8 still
+            assert v["share_kept"] == 1.0 and v["mean_iou"] >= (0.8 if name.startswith("shaded") else 1.0), name
     assert check["shifted 4 px"]["share_kept"] < 0.2 and check["another garment"]["share_kept"] < 0.2
     assert check["bounding block"]["mean_iou"] > 0.99      # a rectangle is its own bounding block

@@ -224,6 +224,9 @@ def run_audit(adapter, inputs: AuditInputs = AuditInputs(), cfg: AuditConfig = A
     ref, ref_conds, ref_name, cal, calibration = _references(adapter, inputs, cfg)
     train_x, train_name = _training(adapter, inputs)
     det, det_source, label_free = _detector(adapter, inputs, cfg)
+    if label_free and det.needs_reference:      # before any sampling: half fits the score, half the threshold
+        n_ref = len(ref) if ref is not None else cfg.n_reference
+        check(n_ref >= 16, f"reference: {n_ref} images; the label-free {det.combine} needs at least 16")
     if inputs.images is not None:
         from diffmem.data.sources import read_inputs
         x, paths, conds = read_inputs(inputs.images, adapter.image_size, adapter.image_channels, inputs.input_range,
@@ -238,7 +241,6 @@ def run_audit(adapter, inputs: AuditInputs = AuditInputs(), cfg: AuditConfig = A
         ref = sample_images(adapter, cfg.n_reference, ref_conds, Sampler(cfg.guidance, cfg.steps, batch_size=cfg.batch_size),
                             cfg.seed, quiet, indices=range(len(x), len(x) + cfg.n_reference))
     if label_free and det.needs_reference:      # statistics from one half of the references, the threshold from the other
-        check(len(ref) >= 16, f"reference: {len(ref)} images; the label-free {det.combine} needs at least 16")
         perm = torch.from_numpy(np.random.default_rng(cfg.seed).permutation(len(ref)))
         det.fit(ref[perm[:len(ref) // 2]])
         ref = ref[perm[len(ref) // 2:]]

@@ -31,7 +31,10 @@ class GaussianDenoiser(Params):
     Fitted: ``mean_`` (D,), ``components_`` (r, D) orthonormal rows, ``variances_`` (r,) — the principal
     axes of the sample covariance (r ≤ min(R − 1, D)); directions the references do not span have zero
     variance, so the denoiser sets them to the mean. Cost: O(r·D) per image, so SD-sized latents
-    (D = 16,384) need no D × D matrix."""
+    (D = 16,384) need no D × D matrix. With far fewer references than dimensions those unspanned
+    directions dominate the Gaussian's error, and the ratio partly measures the distance from the
+    references' span (the zoo's models have D ≤ 784 and 500 references; larger latents are not
+    measured)."""
 
     def __init__(self, rtol: float = 1e-6):
         self.rtol = rtol
@@ -55,14 +58,16 @@ class GaussianDenoiser(Params):
 
     def predict_eps(self, z_t: torch.Tensor, signal: float, noise: float) -> torch.Tensor:
         """The noise prediction (z_t − signal · E[z | z_t]) / noise (B, …)."""
-        return (z_t - signal * self.predict_z0(z_t, signal, noise)) / noise
+        z0 = self.predict_z0(z_t, signal, noise).double().cpu()
+        return ((z_t.double().cpu() - signal * z0) / noise).to(z_t)
 
 
 @torch.no_grad()
 def fit_gaussian(adapter: Adapter, reference: torch.Tensor, batch_size: int = 256) -> GaussianDenoiser:
     """The Gaussian denoiser of reference pixel images (R, C, H, W) in the model's space (latents for
     latent families)."""
-    z = torch.cat([adapter.prepare(reference[i:i + batch_size]).float().cpu() for i in range(0, len(reference), batch_size)])
+    z = torch.cat([adapter.prepare(reference[i:i + batch_size].to(adapter.device, adapter.dtype)).float().cpu()
+                   for i in range(0, len(reference), batch_size)])
     return GaussianDenoiser().fit(z)
 
 

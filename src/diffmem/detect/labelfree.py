@@ -34,10 +34,11 @@ DEFAULT_SCORE = "residual_ratio"   # the best worst-case AUROC over the model zo
 
 
 class LabelFreeDetector(Params):
-    """``fit(reference)`` (held-out real images (N, C, H, W), N ≥ 8; optional for the residual, spikiness
-    and output norm alone) sets NeMo's unit statistics and each base score's mean and sd (``mean_``,
-    ``scale_``); ``score_all(images)`` gives every base score and both
-    combinations, ``score(images)`` the ``combine`` one (default ``residual``), higher = memorized."""
+    """``fit(reference)`` (held-out real images (N, C, H, W), N ≥ 8; optional for the plain residual,
+    spikiness and output norm alone) sets NeMo's unit statistics, the residual ratio's Gaussian denoiser
+    (``gaussian_``) and the four z-scores' mean and sd (``mean_``, ``scale_``); ``score_all(images)`` gives
+    every base score and both combinations, ``score(images)`` the ``combine`` one (default
+    :data:`DEFAULT_SCORE`, the residual ratio; ``draws`` noise draws), higher = memorized."""
 
     def __init__(self, adapter=None, combine: str = DEFAULT_SCORE, fpr: float = 0.01, batch_size: int = 256,
                  seed: int = 0, draws: int = 4):
@@ -46,7 +47,7 @@ class LabelFreeDetector(Params):
 
     @property
     def t_(self) -> float:
-        """The timestep of the detector's score: ``residual_t_`` for the residual, else ``default_t``."""
+        """The timestep of the detector's score: ``residual_t_`` for both residuals, else ``default_t``."""
         return self.residual_t_ if self.combine.startswith("residual") else self.adapter.default_t
 
     @property

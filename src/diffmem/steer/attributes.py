@@ -68,15 +68,18 @@ def validate_shape_measure(reference: torch.Tensor, threshold: float, seed: int 
     """How :func:`garment_iou` scores known edits and known smears of held-out images (N, C, H, W) in
     [-1, 1], before it judges any steered sample: per transformation ``kind`` (edit | smear), the mean IoU
     with the original and ``share_kept``, the share with IoU ≥ ``threshold``. Edits (the shape is kept):
-    darker × 0.7 / × 0.5, half desaturated, the colour channels rotated (RGB); smears: shifted 2 / 4 px,
-    blurred twice / four times, the bounding block, another held-out garment."""
+    darker × 0.7 / × 0.5, shaded from 1 to 0.6 across the image, half desaturated, the colour channels
+    rotated (RGB); smears: shifted 2 / 4 px, blurred twice / four times, the bounding block, another
+    held-out garment (never the image itself)."""
     x = reference.float()
     p = (x + 1) / 2                                                               # (N, C, H, W) in [0, 1]
+    ramp = torch.linspace(1.0, 0.6, x.shape[-1]).view(1, 1, 1, -1)              # (1, 1, 1, W)
     edits = {"darker x0.7": p * 0.7 * 2 - 1, "darker x0.5": p * 0.5 * 2 - 1,
-             "half desaturated": (p + p.amax(1, keepdim=True)) - 1}
+             "shaded 1 to 0.6 across": p * ramp * 2 - 1, "half desaturated": (p + p.amax(1, keepdim=True)) - 1}
     if x.shape[1] == 3:
         edits["channels rotated"] = torch.roll(x, 1, dims=1)
-    other = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))]
+    shift = 1 + int(torch.randint(max(len(x) - 1, 1), (1,), generator=torch.Generator().manual_seed(seed)))
+    other = x[(torch.arange(len(x)) + shift) % len(x)]                            # never the image itself
     smears = {"shifted 2 px": torch.roll(x, 2, dims=3), "shifted 4 px": torch.roll(x, 4, dims=3),
               "blurred x2": _blur(x, 2), "blurred x4": _blur(x, 4), "bounding block": _block(x),
               "another garment": other}
