@@ -48,18 +48,21 @@ class GaussianDenoiser(Params):
         self.components_, self.variances_ = vh[keep], s[keep] ** 2 / (len(flat) - 1)   # (r, D), (r,)
         return self
 
-    def predict_z0(self, z_t: torch.Tensor, signal: float, noise: float) -> torch.Tensor:
-        """E[z | z_t] (B, …) for z_t = signal · z + noise · ε, shaped like z_t."""
+    def _z0(self, z_t: torch.Tensor, signal: float, noise: float) -> torch.Tensor:
+        """E[z | z_t] flattened (B, D), float64 on the CPU."""
         check(hasattr(self, "mean_"), "GaussianDenoiser: call fit first")
         flat = z_t.flatten(1).double().cpu() - signal * self.mean_                    # (B, D)
         shrink = signal * self.variances_ / (signal ** 2 * self.variances_ + noise ** 2)   # (r,)
-        z0 = self.mean_ + ((flat @ self.components_.T) * shrink) @ self.components_   # (B, D)
-        return z0.view(z_t.shape).to(z_t)
+        return self.mean_ + ((flat @ self.components_.T) * shrink) @ self.components_   # (B, D)
+
+    def predict_z0(self, z_t: torch.Tensor, signal: float, noise: float) -> torch.Tensor:
+        """E[z | z_t] (B, …) for z_t = signal · z + noise · ε, shaped like z_t."""
+        return self._z0(z_t, signal, noise).view(z_t.shape).to(z_t)
 
     def predict_eps(self, z_t: torch.Tensor, signal: float, noise: float) -> torch.Tensor:
-        """The noise prediction (z_t − signal · E[z | z_t]) / noise (B, …)."""
-        z0 = self.predict_z0(z_t, signal, noise).double().cpu()
-        return ((z_t.double().cpu() - signal * z0) / noise).to(z_t)
+        """The noise prediction (z_t − signal · E[z | z_t]) / noise (B, …), computed in float64."""
+        eps = (z_t.flatten(1).double().cpu() - signal * self._z0(z_t, signal, noise)) / noise   # (B, D)
+        return eps.view(z_t.shape).to(z_t)
 
 
 @torch.no_grad()
@@ -87,7 +90,6 @@ def residual_ratio(adapter: Adapter, gauss: GaussianDenoiser, x: torch.Tensor, k
             f = forward(adapter, None, t, generators(seed, keys[i:i + batch_size], repeat=k), z=z)
             eps = f.eps.float()                                                         # (B, C', H', W')
             model = model + (f.eps_hat.float() - eps).flatten(1).pow(2).sum(1)
-            z_t = adapter.add_noise(z, t, f.eps).float()                                # the same z_t
-            gaussian = gaussian + (gauss.predict_eps(z_t, signal, noise) - eps).flatten(1).pow(2).sum(1)
+            gaussian = gaussian + (gauss.predict_eps(f.z_t.float(), signal, noise) - eps).flatten(1).pow(2).sum(1)
         out.append((gaussian.clamp_min(1e-30).log() - model.clamp_min(1e-30).log()).double().cpu())   # (B,)
     return torch.cat(out).numpy()

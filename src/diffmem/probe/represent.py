@@ -29,11 +29,13 @@ def generators(seed: int, keys: Sequence[str], repeat: int = 0) -> list[torch.Ge
 @dataclass
 class Forward:
     """One denoiser call on images noised at t: ``eps`` the noise drawn (B, C', H', W'), ``eps_hat`` the
-    noise prediction (None after an early exit), ``activations`` {layer: raw output} of the captured layers."""
+    noise prediction (None after an early exit), ``activations`` {layer: raw output} of the captured layers,
+    ``z_t`` the noised input (B, C', H', W') the denoiser saw."""
 
     eps: torch.Tensor
     eps_hat: torch.Tensor | None
     activations: dict[str, torch.Tensor]
+    z_t: torch.Tensor | None = None
 
     def pooled(self, pool: str) -> dict[str, torch.Tensor]:
         """{layer: (B, C)} float32 pooled activations, on the CPU."""
@@ -57,7 +59,7 @@ def forward(adapter: Adapter, x: torch.Tensor | None, t: float,
     eps_hat = None
     with Capture(adapter.denoiser, list(layers), adapter.call_counts, early_exit=early_exit and bool(layers)) as cap:
         eps_hat = adapter.predict_eps(z_t, t, cond)
-    return Forward(eps, eps_hat, cap.activations)
+    return Forward(eps, eps_hat, cap.activations, z_t)
 
 
 def capture_layers(adapter: Adapter, x: torch.Tensor, layers: Sequence[str], t: float,
