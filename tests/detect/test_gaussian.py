@@ -48,8 +48,6 @@ def test_on_gaussian_data_it_beats_any_other_shrinkage():
         assert err(other) > best
 
 
-
-
 def test_the_residual_ratio_is_the_detectors_and_does_not_depend_on_the_batch(adapter):
     ref, x = _images(20, 0), _images(7, 1)
     gauss = fit_gaussian(adapter, ref)

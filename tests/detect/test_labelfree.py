@@ -11,8 +11,6 @@ from diffmem.errors import DiffmemError
 from tests.helpers import uniform_images as _images
 
 
-
-
 def test_residual_is_read_at_the_schedules_t_and_z_values_against_the_reference(adapter):
     ref, x = _images(12, 0), _images(6, 1)
     det = LabelFreeDetector(adapter, combine="residual", seed=2).fit(ref)

@@ -189,3 +189,6 @@ def test_noising_is_signal_scale_times_z_plus_noise_std_times_eps(family_model):
     z, eps = torch.randn(3, *a.latent_shape, generator=g), torch.randn(3, *a.latent_shape, generator=g)
     t = a.residual_t
     np.testing.assert_allclose(a.add_noise(z, t, eps), a.signal_scale(t) * z + a.noise_std(t) * eps, atol=1e-5)
+    from diffmem.probe.represent import forward
+    f = forward(a, None, t, eps.to(a.device, a.dtype), z=z.to(a.device, a.dtype))
+    assert torch.equal(f.z_t, a.add_noise(z.to(a.device, a.dtype), t, eps.to(a.device, a.dtype)))   # what it denoised
